@@ -1,0 +1,53 @@
+-- webinar_sessions: who may do what. Runs last, after every function exists.
+--
+-- Nothing is executable by PUBLIC. Supabase's roles get what they need, and only when they
+-- exist, so the extension installs on a plain Postgres too:
+--   authenticated  the client API (public.enter_webinar / heartbeat / leave_webinar and
+--                  webinar_sessions.enter / heartbeat / leave for its own user id), and
+--                  SELECT on its own rows (row-level security);
+--   service_role   everything, including sweep_stale_sessions and heartbeat_batch;
+--   anon           nothing.
+
+REVOKE ALL ON ALL FUNCTIONS IN SCHEMA webinar_sessions FROM PUBLIC;
+REVOKE ALL ON FUNCTION public.enter_webinar(uuid, text), public.heartbeat(uuid, text),
+    public.leave_webinar(uuid, text) FROM PUBLIC;
+REVOKE ALL ON ALL TABLES IN SCHEMA webinar_sessions FROM PUBLIC;
+
+-- The row-level security policy calls it as the querying role. It reveals only the caller's
+-- own claim.
+GRANT EXECUTE ON FUNCTION webinar_sessions.current_user_id() TO PUBLIC;
+
+DO $grants$
+BEGIN
+    IF EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'anon') THEN
+        -- Supabase's default privileges grant new functions in public to anon.
+        REVOKE ALL ON FUNCTION public.enter_webinar(uuid, text), public.heartbeat(uuid, text),
+            public.leave_webinar(uuid, text) FROM anon;
+        REVOKE ALL ON ALL FUNCTIONS IN SCHEMA webinar_sessions FROM anon;
+        REVOKE ALL ON ALL TABLES IN SCHEMA webinar_sessions FROM anon;
+    END IF;
+
+    IF EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'authenticated') THEN
+        GRANT USAGE ON SCHEMA webinar_sessions TO authenticated;
+        GRANT EXECUTE ON FUNCTION
+            public.enter_webinar(uuid, text), public.heartbeat(uuid, text), public.leave_webinar(uuid, text),
+            webinar_sessions.enter(uuid, text, uuid), webinar_sessions.heartbeat(uuid, text, uuid),
+            webinar_sessions.leave(uuid, text, uuid)
+            TO authenticated;
+        GRANT SELECT ON webinar_sessions.webinar_user_sessions TO authenticated;
+    END IF;
+
+    IF EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'service_role') THEN
+        GRANT USAGE ON SCHEMA webinar_sessions TO service_role;
+        GRANT EXECUTE ON FUNCTION
+            public.enter_webinar(uuid, text), public.heartbeat(uuid, text), public.leave_webinar(uuid, text),
+            webinar_sessions.enter(uuid, text, uuid), webinar_sessions.heartbeat(uuid, text, uuid),
+            webinar_sessions.leave(uuid, text, uuid),
+            webinar_sessions.heartbeat_batch(uuid[], text[], uuid[]),
+            webinar_sessions.sweep_stale_sessions(interval)
+            TO service_role;
+        GRANT SELECT, INSERT, UPDATE, DELETE ON webinar_sessions.webinar_user_sessions TO service_role;
+        GRANT SELECT ON webinar_sessions.sweep_runs TO service_role;
+    END IF;
+END
+$grants$;

@@ -1,0 +1,81 @@
+-- webinar_sessions: tables, indexes and row-level security.
+-- Loaded by CREATE EXTENSION into the schema named in webinar_sessions.control.
+
+-- What every client-facing call returns.
+CREATE TYPE webinar_sessions.session_status AS (
+    id                   uuid,
+    webinar_id           uuid,
+    session_id           text,
+    status               text,        -- entered | resumed | alive | reopened | left | not_found
+    entered_at           timestamptz,
+    last_heartbeat_at    timestamptz,
+    exited_at            timestamptz,
+    heartbeat_interval_s integer      -- the server's webinar_sessions.heartbeat_interval
+);
+
+-- One row per viewing session: a viewer (user_id) in one tab or device (session_id) of one
+-- webinar, from entry until they leave or are swept.
+--
+-- A heartbeat only rewrites last_heartbeat_at and updated_at. Neither column appears in any
+-- index or index predicate, and fillfactor leaves a quarter of every page free, so the new
+-- row version fits on the same page: heartbeats are HOT updates and touch no index.
+CREATE TABLE webinar_sessions.webinar_user_sessions (
+    id                uuid        PRIMARY KEY DEFAULT gen_random_uuid(),
+    webinar_id        uuid        NOT NULL,
+    user_id           uuid        NOT NULL,
+    session_id        text        NOT NULL,
+    entered_at        timestamptz NOT NULL DEFAULT now(),
+    last_heartbeat_at timestamptz,
+    exited_at         timestamptz,
+    exit_reason       text,
+    updated_at        timestamptz NOT NULL DEFAULT now(),
+    CONSTRAINT wus_session_id_length CHECK (length(session_id) BETWEEN 1 AND 128),
+    CONSTRAINT wus_heartbeat_after_entry CHECK (last_heartbeat_at >= entered_at),
+    CONSTRAINT wus_exit_after_entry CHECK (exited_at >= entered_at),
+    CONSTRAINT wus_exit_reason_known CHECK (exit_reason IN ('left', 'swept')),
+    CONSTRAINT wus_exit_reason_iff_exited CHECK ((exited_at IS NULL) = (exit_reason IS NULL))
+) WITH (fillfactor = 75);
+
+COMMENT ON TABLE webinar_sessions.webinar_user_sessions IS
+    'Viewing sessions. Written only through the webinar_sessions functions; signed-in users read their own rows.';
+
+-- At most one active session per webinar, viewer and client session id. The heartbeat finds
+-- its row through this index.
+CREATE UNIQUE INDEX idx_wus_webinar_session_active
+    ON webinar_sessions.webinar_user_sessions (webinar_id, user_id, session_id)
+    WHERE exited_at IS NULL;
+
+-- Active sessions by webinar: the sweep and the live counts read only this small index.
+CREATE INDEX idx_wus_active
+    ON webinar_sessions.webinar_user_sessions (webinar_id)
+    WHERE exited_at IS NULL;
+
+-- Closed sessions by webinar and viewer: watch-time statistics.
+CREATE INDEX idx_wus_webinar_user_watched
+    ON webinar_sessions.webinar_user_sessions (webinar_id, user_id, exited_at)
+    WHERE exited_at IS NOT NULL;
+
+-- Signed-in users see their own rows and nothing else. Nobody but the owner and roles with
+-- BYPASSRLS (Supabase's service_role) can write: there is no policy for writes.
+ALTER TABLE webinar_sessions.webinar_user_sessions ENABLE ROW LEVEL SECURITY;
+CREATE POLICY wus_read_own ON webinar_sessions.webinar_user_sessions
+    FOR SELECT
+    USING (user_id = (SELECT webinar_sessions.current_user_id()));
+
+-- One row per sweep, from the worker or a manual call. The newest 1000 are kept.
+CREATE TABLE webinar_sessions.sweep_runs (
+    id          uuid        PRIMARY KEY DEFAULT gen_random_uuid(),
+    started_at  timestamptz NOT NULL,
+    finished_at timestamptz NOT NULL,
+    swept       bigint,                -- NULL when the sweep failed
+    source      text        NOT NULL CHECK (source IN ('worker', 'manual')),
+    stale_after interval    NOT NULL,
+    error       text,
+    CONSTRAINT sweep_runs_outcome CHECK ((swept IS NULL) <> (error IS NULL))
+);
+CREATE INDEX sweep_runs_started_at ON webinar_sessions.sweep_runs (started_at);
+ALTER TABLE webinar_sessions.sweep_runs ENABLE ROW LEVEL SECURITY;
+
+-- pg_dump dumps the contents of extension tables only when they are registered.
+SELECT pg_catalog.pg_extension_config_dump('webinar_sessions.webinar_user_sessions', '');
+SELECT pg_catalog.pg_extension_config_dump('webinar_sessions.sweep_runs', '');

@@ -1,0 +1,222 @@
+//! Who is calling, and may they act for the user they name?
+//!
+//! PostgREST runs each request as `SET LOCAL ROLE <role>` plus
+//! `set_config('request.jwt.claims', '<json>', true)`. The caller's user id is the `sub`
+//! claim, which is what Supabase's `auth.uid()` returns; it is read here directly so the
+//! extension does not depend on an `auth` schema (a plain Postgres has none).
+//!
+//! The role that may act for other users is decided from real role membership, never from
+//! the `role` claim: any signed-in user can write whatever JSON they like into
+//! `request.jwt.claims`, but nobody can `SET ROLE` to a role they are not a member of.
+
+use crate::input::raise;
+use pgrx::prelude::*;
+use pgrx::PgSqlErrorCode::{ERRCODE_INSUFFICIENT_PRIVILEGE, ERRCODE_INVALID_PARAMETER_VALUE};
+use pgrx::Uuid;
+use std::ffi::CStr;
+
+/// What the request's claims say about the caller.
+#[derive(Debug, PartialEq)]
+pub enum Claimed {
+    /// No claims at all, or claims without a `sub` (for example a service-role key).
+    Nobody,
+    /// A `sub` that is a valid, non-nil uuid.
+    User(Uuid),
+    /// Claims that are present but unusable; the text says why.
+    Invalid(String),
+}
+
+/// Reads a GUC as text; `None` when it is unset or empty (PostgreSQL leaves a
+/// transaction-local placeholder behind as an empty string after the transaction ends).
+fn setting(name: &CStr) -> Option<String> {
+    let value = unsafe { pg_sys::GetConfigOption(name.as_ptr(), true, false) };
+    if value.is_null() {
+        return None;
+    }
+    let text = unsafe { CStr::from_ptr(value) }
+        .to_string_lossy()
+        .into_owned();
+    (!text.trim().is_empty()).then_some(text)
+}
+
+/// The caller according to `request.jwt.claims` (or, for PostgREST before v9,
+/// `request.jwt.claim.sub`).
+pub fn claimed_caller() -> Claimed {
+    if let Some(json) = setting(c"request.jwt.claims") {
+        return parse_claims(&json);
+    }
+    match setting(c"request.jwt.claim.sub") {
+        Some(sub) => parse_sub(&sub),
+        None => Claimed::Nobody,
+    }
+}
+
+pub fn parse_claims(json: &str) -> Claimed {
+    let claims: serde_json::Value = match serde_json::from_str(json) {
+        Ok(value) => value,
+        Err(e) => return Claimed::Invalid(format!("request.jwt.claims is not valid JSON ({e})")),
+    };
+    let Some(object) = claims.as_object() else {
+        return Claimed::Invalid("request.jwt.claims is not a JSON object".into());
+    };
+    match object.get("sub") {
+        None | Some(serde_json::Value::Null) => Claimed::Nobody,
+        Some(serde_json::Value::String(sub)) => parse_sub(sub),
+        Some(_) => Claimed::Invalid("the sub claim is not a string".into()),
+    }
+}
+
+fn parse_sub(sub: &str) -> Claimed {
+    match parse_uuid(sub) {
+        Some(id) if !is_nil(&id) => Claimed::User(id),
+        Some(_) => Claimed::Invalid("the sub claim is the nil uuid".into()),
+        None => Claimed::Invalid(format!(
+            "the sub claim {:?} is not a uuid",
+            truncate(sub, 64)
+        )),
+    }
+}
+
+/// Parses the two spellings a JWT `sub` takes: `8-4-4-4-12` hex digits with hyphens, or 32
+/// hex digits without.
+pub fn parse_uuid(text: &str) -> Option<Uuid> {
+    let bytes = text.as_bytes();
+    let hex: Vec<u8> = match bytes.len() {
+        36 => {
+            if [8, 13, 18, 23].iter().any(|&i| bytes[i] != b'-') {
+                return None;
+            }
+            bytes.iter().copied().filter(|&b| b != b'-').collect()
+        }
+        32 => bytes.to_vec(),
+        _ => return None,
+    };
+    if hex.len() != 32 {
+        return None;
+    }
+    let mut out = [0u8; 16];
+    for (i, pair) in hex.chunks(2).enumerate() {
+        let high = (pair[0] as char).to_digit(16)?;
+        let low = (pair[1] as char).to_digit(16)?;
+        out[i] = (high * 16 + low) as u8;
+    }
+    Some(Uuid::from_bytes(out))
+}
+
+pub fn is_nil(id: &Uuid) -> bool {
+    id.as_bytes().iter().all(|&b| b == 0)
+}
+
+pub fn truncate(text: &str, max_chars: usize) -> String {
+    match text.char_indices().nth(max_chars) {
+        Some((cut, _)) => format!("{}...", &text[..cut]),
+        None => text.to_owned(),
+    }
+}
+
+/// May the caller act for any user? True for superusers, the extension's owner and members
+/// of `service_role`. Uses the outer user, i.e. the role chosen with `SET ROLE`, which a
+/// SECURITY DEFINER function does not change.
+fn caller_may_act_for_others() -> bool {
+    unsafe {
+        let outer = pg_sys::GetOuterUserId();
+        let schema = pg_sys::get_namespace_oid(c"webinar_sessions".as_ptr(), true);
+        if schema != pg_sys::InvalidOid && pg_sys::pg_namespace_ownercheck(schema, outer) {
+            return true; // also true for superusers
+        }
+        let service_role = pg_sys::get_role_oid(c"service_role".as_ptr(), true);
+        service_role != pg_sys::InvalidOid && pg_sys::has_privs_of_role(outer, service_role)
+    }
+}
+
+/// The user a call acts for: `requested` when the caller may name it, else the caller's own
+/// id from the claims. Raises 42501 when there is no usable identity.
+pub fn acting_user(requested: Option<Uuid>) -> Uuid {
+    let claimed = claimed_caller();
+    match (requested, claimed) {
+        (Some(user), Claimed::User(me)) if user == me => user,
+        (Some(user), _) if caller_may_act_for_others() => {
+            if is_nil(&user) {
+                raise(ERRCODE_INVALID_PARAMETER_VALUE, "user_id must not be the nil uuid");
+            }
+            user
+        }
+        (Some(_), Claimed::User(_)) => raise(
+            ERRCODE_INSUFFICIENT_PRIVILEGE,
+            "user_id names another user; only service_role may act for other users",
+        ),
+        (Some(_), _) => raise(
+            ERRCODE_INSUFFICIENT_PRIVILEGE,
+            "user_id may be given only by service_role or for the caller's own id",
+        ),
+        (None, Claimed::User(me)) => me,
+        (None, Claimed::Nobody) => raise(
+            ERRCODE_INSUFFICIENT_PRIVILEGE,
+            "no caller identity: request.jwt.claims has no sub claim (sign in, or call as service_role with user_id)",
+        ),
+        (None, Claimed::Invalid(why)) => raise(
+            ERRCODE_INSUFFICIENT_PRIVILEGE,
+            &format!("no caller identity: {why}"),
+        ),
+    }
+}
+
+/// The signed-in caller's user id (the `sub` claim), or NULL when there is none. The
+/// row-level security policy compares rows against it; it never raises.
+#[pg_extern(stable, parallel_safe)]
+pub fn current_user_id() -> Option<Uuid> {
+    match claimed_caller() {
+        Claimed::User(id) => Some(id),
+        Claimed::Nobody | Claimed::Invalid(_) => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn claims_with_a_uuid_sub_name_that_user() {
+        let claims = r#"{"sub":"6f1d2c1e-0b8f-4e55-9a3e-2f1c9d7b5a10","role":"authenticated"}"#;
+        let Claimed::User(id) = parse_claims(claims) else {
+            panic!("expected a user")
+        };
+        assert_eq!(id.as_bytes()[0], 0x6f);
+        assert_eq!(id.as_bytes()[15], 0x10);
+    }
+
+    #[test]
+    fn unusable_claims_are_told_apart_from_missing_ones() {
+        assert_eq!(parse_claims(r#"{"role":"service_role"}"#), Claimed::Nobody);
+        assert_eq!(parse_claims(r#"{"sub":null}"#), Claimed::Nobody);
+        for bad in [
+            "{not json",
+            "[]",
+            r#"{"sub":42}"#,
+            r#"{"sub":"alice"}"#,
+            r#"{"sub":"00000000-0000-0000-0000-000000000000"}"#,
+            r#"{"sub":"6f1d2c1e-0b8f-4e55-9a3e-2f1c9d7b5a1"}"#,
+        ] {
+            assert!(
+                matches!(parse_claims(bad), Claimed::Invalid(_)),
+                "{bad} should be invalid"
+            );
+        }
+    }
+
+    #[test]
+    fn uuids_parse_in_both_spellings_only() {
+        let hyphens = parse_uuid("6f1d2c1e-0b8f-4e55-9a3e-2f1c9d7b5a10").unwrap();
+        let plain = parse_uuid("6F1D2C1E0B8F4E559A3E2F1C9D7B5A10").unwrap();
+        assert_eq!(hyphens, plain);
+        assert!(parse_uuid("6f1d2c1e0-b8f-4e55-9a3e-2f1c9d7b5a10").is_none());
+        assert!(parse_uuid("zz1d2c1e-0b8f-4e55-9a3e-2f1c9d7b5a10").is_none());
+        assert!(parse_uuid("").is_none());
+    }
+
+    #[test]
+    fn truncate_counts_characters() {
+        assert_eq!(truncate("héllo", 2), "hé...");
+        assert_eq!(truncate("hi", 5), "hi");
+    }
+}

@@ -1,0 +1,644 @@
+//! The client API as supabase-js reaches it through PostgREST: role and JWT claims set per
+//! transaction, named arguments, one JSON object back.
+
+mod common;
+
+use common::*;
+use postgres::Client;
+use std::sync::{Arc, Barrier};
+use std::time::Duration;
+
+fn database(name: &str) -> (Client, Client) {
+    let cluster = shared_cluster("api");
+    let admin = cluster.supabase_database(name);
+    let api = cluster.connect_as(name, "authenticator");
+    (admin, api)
+}
+
+fn key(webinar: &str, session: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("webinar_id", webinar.to_string()),
+        ("session_id", session.to_string()),
+    ]
+}
+
+fn call(
+    api: &mut Client,
+    user: &str,
+    function: &str,
+    webinar: &str,
+    session: &str,
+) -> serde_json::Value {
+    let claims = claims_for(user);
+    let args = key(webinar, session);
+    let args: Vec<(&str, &str)> = args.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    rpc(api, "authenticated", Some(&claims), function, &args)
+        .unwrap_or_else(|e| panic!("{function}: {e}"))
+}
+
+#[test]
+fn a_viewer_walks_through_every_status() {
+    let (_admin, mut api) = database("walk");
+    let (viewer, webinar) = (uuid(1), uuid(100));
+    let status = |v: &serde_json::Value| v["status"].as_str().unwrap().to_string();
+
+    let entered = call(&mut api, &viewer, "public.enter_webinar", &webinar, "tab-1");
+    assert_eq!(status(&entered), "entered");
+    assert_eq!(entered["webinar_id"], webinar.as_str());
+    assert_eq!(entered["session_id"], "tab-1");
+    assert_eq!(entered["heartbeat_interval_s"], 120);
+    assert!(entered["last_heartbeat_at"].is_null());
+    assert!(entered["exited_at"].is_null());
+
+    let resumed = call(&mut api, &viewer, "public.enter_webinar", &webinar, "tab-1");
+    assert_eq!(
+        (status(&resumed), &resumed["id"]),
+        ("resumed".into(), &entered["id"])
+    );
+
+    let alive = call(&mut api, &viewer, "public.heartbeat", &webinar, "tab-1");
+    assert_eq!(
+        (status(&alive), &alive["id"]),
+        ("alive".into(), &entered["id"])
+    );
+    assert!(alive["last_heartbeat_at"].is_string());
+
+    let left = call(&mut api, &viewer, "public.leave_webinar", &webinar, "tab-1");
+    assert_eq!(
+        (status(&left), &left["id"]),
+        ("left".into(), &entered["id"])
+    );
+    assert!(left["exited_at"].is_string());
+
+    let again = call(&mut api, &viewer, "public.leave_webinar", &webinar, "tab-1");
+    assert_eq!(status(&again), "not_found");
+    assert!(again["id"].is_null());
+
+    let reopened = call(&mut api, &viewer, "public.heartbeat", &webinar, "tab-1");
+    assert_eq!(status(&reopened), "reopened");
+    assert_ne!(reopened["id"], entered["id"]);
+}
+
+#[test]
+fn the_heartbeat_interval_comes_from_the_server() {
+    let (mut admin, _) = database("interval");
+    admin
+        .batch_execute("ALTER DATABASE interval SET webinar_sessions.heartbeat_interval = '3min'")
+        .unwrap();
+    let mut api = shared_cluster("api").connect_as("interval", "authenticator");
+    let alive = call(&mut api, &uuid(1), "public.heartbeat", &uuid(100), "tab");
+    assert_eq!(alive["heartbeat_interval_s"], 180);
+}
+
+#[test]
+fn a_signed_in_viewer_reads_only_their_own_rows() {
+    let (_admin, mut api) = database("rls");
+    let (me, other, webinar) = (uuid(1), uuid(2), uuid(100));
+    call(&mut api, &me, "public.enter_webinar", &webinar, "mine");
+    call(&mut api, &other, "public.enter_webinar", &webinar, "theirs");
+
+    let mut tx = api.transaction().unwrap();
+    tx.batch_execute("SET LOCAL ROLE authenticated").unwrap();
+    tx.execute(
+        "SELECT set_config('request.jwt.claims', $1, true)",
+        &[&claims_for(&me)],
+    )
+    .unwrap();
+    let rows = tx
+        .query(
+            "SELECT session_id, user_id::text FROM webinar_sessions.webinar_user_sessions",
+            &[],
+        )
+        .unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].get::<_, String>(0), "mine");
+    assert_eq!(rows[0].get::<_, String>(1), me);
+}
+
+#[test]
+fn another_users_session_is_out_of_reach() {
+    let (mut admin, mut api) = database("other_user");
+    let (me, intruder, webinar) = (uuid(1), uuid(2), uuid(100));
+    call(&mut api, &me, "public.enter_webinar", &webinar, "tab");
+    let before = table_fingerprint(&mut admin);
+
+    // The intruder's own key is a different session: leaving it finds nothing of mine.
+    let left = call(&mut api, &intruder, "public.leave_webinar", &webinar, "tab");
+    assert_eq!(left["status"], "not_found");
+
+    // Naming my user id is refused, even with a role claim that says service_role.
+    for claims in [
+        claims_for(&intruder),
+        format!(r#"{{"sub":"{intruder}","role":"service_role"}}"#),
+    ] {
+        for function in [
+            "webinar_sessions.leave",
+            "webinar_sessions.heartbeat",
+            "webinar_sessions.enter",
+        ] {
+            let err = rpc(
+                &mut api,
+                "authenticated",
+                Some(&claims),
+                function,
+                &[
+                    ("webinar_id", &webinar),
+                    ("session_id", "tab"),
+                    ("user_id", &me),
+                ],
+            )
+            .unwrap_err();
+            assert_eq!(err.code().code(), "42501", "{function}: {err}");
+            assert!(err.message().contains("user_id"), "{}", err.message());
+        }
+    }
+    assert_eq!(table_fingerprint(&mut admin), before);
+
+    // Naming oneself is fine.
+    let own = rpc(
+        &mut api,
+        "authenticated",
+        Some(&claims_for(&me)),
+        "webinar_sessions.heartbeat",
+        &[
+            ("webinar_id", &webinar),
+            ("session_id", "tab"),
+            ("user_id", &me),
+        ],
+    )
+    .unwrap();
+    assert_eq!(own["status"], "alive");
+}
+
+#[test]
+fn service_role_acts_for_any_user_and_runs_the_backend_functions() {
+    let (mut admin, mut api) = database("service");
+    let (viewer, webinar) = (uuid(1), uuid(100));
+    let entered = rpc(
+        &mut api,
+        "service_role",
+        Some(r#"{"role":"service_role"}"#),
+        "webinar_sessions.enter",
+        &[
+            ("webinar_id", &webinar),
+            ("session_id", "tab"),
+            ("user_id", &viewer),
+        ],
+    )
+    .unwrap();
+    assert_eq!(entered["status"], "entered");
+
+    // Without user_id and without a sub there is nobody to act for.
+    let err = rpc(
+        &mut api,
+        "service_role",
+        None,
+        "webinar_sessions.heartbeat",
+        &[("webinar_id", &webinar), ("session_id", "tab")],
+    )
+    .unwrap_err();
+    assert_eq!(err.code().code(), "42501");
+    assert!(
+        err.message().contains("no caller identity"),
+        "{}",
+        err.message()
+    );
+
+    let mut tx = api.transaction().unwrap();
+    tx.batch_execute("SET LOCAL ROLE service_role").unwrap();
+    let batch: i64 = tx
+        .query_one(
+            "SELECT webinar_sessions.heartbeat_batch(ARRAY[$1::text::uuid, $1::text::uuid], ARRAY['tab', 'tab-2'], ARRAY[$2::text::uuid, $2::text::uuid])",
+            &[&webinar, &viewer],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(batch, 2);
+    let swept: i64 = tx
+        .query_one(
+            "SELECT webinar_sessions.sweep_stale_sessions('1 hour')",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(swept, 0);
+    let runs: i64 = tx
+        .query_one("SELECT count(*) FROM webinar_sessions.sweep_runs", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(runs, 1);
+    tx.commit().unwrap();
+
+    let active: i64 = admin
+        .query_one(
+            "SELECT count(*) FROM webinar_sessions.webinar_user_sessions WHERE exited_at IS NULL",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(active, 2);
+}
+
+/// Every role against every function and table: allowed or denied exactly as documented.
+#[test]
+fn privilege_matrix() {
+    let (mut admin, _) = database("privileges");
+    let cluster = shared_cluster("api");
+    let (viewer, webinar) = (uuid(1), uuid(100));
+    let calls = [
+        ("public.enter_webinar", format!("public.enter_webinar('{webinar}', 't')")),
+        ("public.heartbeat", format!("public.heartbeat('{webinar}', 't')")),
+        ("public.leave_webinar", format!("public.leave_webinar('{webinar}', 't')")),
+        ("webinar_sessions.enter", format!("webinar_sessions.enter('{webinar}', 't')")),
+        ("webinar_sessions.heartbeat", format!("webinar_sessions.heartbeat('{webinar}', 't')")),
+        ("webinar_sessions.leave", format!("webinar_sessions.leave('{webinar}', 't')")),
+        (
+            "webinar_sessions.heartbeat_batch",
+            format!("webinar_sessions.heartbeat_batch(ARRAY['{webinar}'::uuid], ARRAY['t'], ARRAY['{viewer}'::uuid])"),
+        ),
+        ("webinar_sessions.sweep_stale_sessions", "webinar_sessions.sweep_stale_sessions()".into()),
+        ("select sessions", "count(*) FROM webinar_sessions.webinar_user_sessions".into()),
+        ("select sweep_runs", "count(*) FROM webinar_sessions.sweep_runs".into()),
+        (
+            "insert sessions",
+            format!("1; INSERT INTO webinar_sessions.webinar_user_sessions (webinar_id, user_id, session_id) VALUES ('{webinar}', '{viewer}', 'direct')"),
+        ),
+        ("update sessions", "1; UPDATE webinar_sessions.webinar_user_sessions SET updated_at = now()".into()),
+        ("delete sessions", "1; DELETE FROM webinar_sessions.webinar_user_sessions".into()),
+    ];
+    let client_api = [
+        "public.enter_webinar",
+        "public.heartbeat",
+        "public.leave_webinar",
+        "webinar_sessions.enter",
+        "webinar_sessions.heartbeat",
+        "webinar_sessions.leave",
+        "select sessions",
+    ];
+    // (login role, role to switch to)
+    let roles = [
+        ("authenticator", "anon"),
+        ("authenticator", "authenticated"),
+        ("authenticator", "service_role"),
+        ("plain_login", "plain_login"),
+    ];
+    let mut checked = 0;
+    for (login, role) in roles {
+        let mut client = cluster.connect_as("privileges", login);
+        for (name, sql) in &calls {
+            let allowed = match role {
+                "service_role" => true,
+                "authenticated" => client_api.contains(name),
+                _ => false,
+            };
+            let mut tx = client.transaction().unwrap();
+            tx.batch_execute(&format!("SET LOCAL ROLE {role}")).unwrap();
+            tx.execute(
+                "SELECT set_config('request.jwt.claims', $1, true)",
+                &[&claims_for(&viewer)],
+            )
+            .unwrap();
+            let result = tx.batch_execute(&format!("SELECT {sql}"));
+            match (&result, allowed) {
+                (Ok(()), true) => {}
+                (Err(e), false) => {
+                    let code = e.as_db_error().map(|d| d.code().code().to_string());
+                    assert_eq!(code.as_deref(), Some("42501"), "{role} {name}: {e}");
+                }
+                _ => panic!("{role} {name}: expected allowed={allowed}, got {result:?}"),
+            }
+            let _ = tx.rollback();
+            checked += 1;
+        }
+    }
+    assert_eq!(checked, roles.len() * calls.len());
+    println!("privilege cells checked: {checked}");
+    // Nothing leaked through: every transaction above was rolled back.
+    assert_eq!(table_fingerprint(&mut admin), "empty");
+}
+
+/// Bad arguments and bad identities: each gets its SQLSTATE and a message naming the
+/// argument, and the table is left exactly as it was.
+#[test]
+fn bad_input_is_refused_and_writes_nothing() {
+    let (mut admin, mut api) = database("bad_input");
+    let (viewer, webinar) = (uuid(1), uuid(100));
+    call(
+        &mut api,
+        &viewer,
+        "public.enter_webinar",
+        &webinar,
+        "existing",
+    );
+    let before = table_fingerprint(&mut admin);
+
+    let good = claims_for(&viewer);
+    let long = "x".repeat(129);
+    /// (function, JWT claims, arguments, SQLSTATE, a word the message must contain)
+    type BadCall<'a> = (
+        &'a str,
+        Option<String>,
+        Vec<(&'a str, String)>,
+        &'a str,
+        &'a str,
+    );
+    let cases: Vec<BadCall> = vec![
+        (
+            "public.heartbeat",
+            Some(good.clone()),
+            vec![("webinar_id", webinar.clone())],
+            "42883",
+            "heartbeat",
+        ),
+        (
+            "public.heartbeat",
+            Some(good.clone()),
+            vec![("webinar_id", webinar.clone()), ("session_id", "".into())],
+            "22023",
+            "session_id",
+        ),
+        (
+            "public.heartbeat",
+            Some(good.clone()),
+            vec![
+                ("webinar_id", webinar.clone()),
+                ("session_id", long.clone()),
+            ],
+            "22023",
+            "session_id",
+        ),
+        (
+            "public.enter_webinar",
+            Some(good.clone()),
+            vec![
+                ("webinar_id", webinar.clone()),
+                ("session_id", "tab\u{1}".into()),
+            ],
+            "22023",
+            "session_id",
+        ),
+        (
+            "public.enter_webinar",
+            Some(good.clone()),
+            vec![
+                ("webinar_id", "not-a-uuid".into()),
+                ("session_id", "t".into()),
+            ],
+            "22P02",
+            "uuid",
+        ),
+        (
+            "public.enter_webinar",
+            Some(good.clone()),
+            vec![
+                ("webinar_id", "00000000-0000-0000-0000-000000000000".into()),
+                ("session_id", "t".into()),
+            ],
+            "22023",
+            "webinar_id",
+        ),
+        (
+            "public.leave_webinar",
+            None,
+            vec![
+                ("webinar_id", webinar.clone()),
+                ("session_id", "existing".into()),
+            ],
+            "42501",
+            "no caller identity",
+        ),
+        (
+            "public.leave_webinar",
+            Some("{not json".into()),
+            vec![
+                ("webinar_id", webinar.clone()),
+                ("session_id", "existing".into()),
+            ],
+            "42501",
+            "not valid JSON",
+        ),
+        (
+            "public.leave_webinar",
+            Some(r#"{"sub":"alice"}"#.into()),
+            vec![
+                ("webinar_id", webinar.clone()),
+                ("session_id", "existing".into()),
+            ],
+            "42501",
+            "not a uuid",
+        ),
+        (
+            "public.leave_webinar",
+            Some(r#"{"role":"service_role"}"#.into()),
+            vec![
+                ("webinar_id", webinar.clone()),
+                ("session_id", "existing".into()),
+            ],
+            "42501",
+            "no caller identity",
+        ),
+    ];
+    for (function, claims, args, code, mention) in &cases {
+        let args: Vec<(&str, &str)> = args.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let err = rpc(
+            &mut api,
+            "authenticated",
+            claims.as_deref(),
+            function,
+            &args,
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.code().code(),
+            *code,
+            "{function} {args:?}: {}",
+            err.message()
+        );
+        assert!(
+            err.message().contains(mention),
+            "{function} {args:?}: {}",
+            err.message()
+        );
+    }
+
+    // NULLs, which JSON can send as null.
+    let mut tx = api.transaction().unwrap();
+    tx.batch_execute("SET LOCAL ROLE authenticated").unwrap();
+    tx.execute(
+        "SELECT set_config('request.jwt.claims', $1, true)",
+        &[&good],
+    )
+    .unwrap();
+    for (sql, name) in [
+        (
+            "SELECT public.heartbeat(webinar_id => NULL, session_id => 't')",
+            "webinar_id",
+        ),
+        (
+            &*format!("SELECT public.heartbeat(webinar_id => '{webinar}', session_id => NULL)"),
+            "session_id",
+        ),
+    ] {
+        tx.batch_execute("SAVEPOINT s").unwrap();
+        let err = tx.batch_execute(sql).unwrap_err();
+        let db = err.as_db_error().unwrap();
+        assert_eq!(db.code().code(), "22004");
+        assert!(db.message().starts_with(name), "{}", db.message());
+        tx.batch_execute("ROLLBACK TO SAVEPOINT s").unwrap();
+    }
+    tx.commit().unwrap();
+    assert_eq!(table_fingerprint(&mut admin), before);
+    println!("bad calls sent: {}", cases.len() + 2);
+}
+
+/// Two enter_webinar calls for the same key at the same moment: one row, both callers get it.
+#[test]
+fn simultaneous_enters_share_one_session() {
+    let (mut admin, _) = database("simultaneous");
+    let (viewer, webinar) = (uuid(1), uuid(100));
+    for round in 0..20 {
+        let session = format!("tab-{round}");
+        let barrier = Arc::new(Barrier::new(2));
+        let handles: Vec<_> = (0..2)
+            .map(|_| {
+                let (barrier, viewer, webinar, session) = (
+                    barrier.clone(),
+                    viewer.clone(),
+                    webinar.clone(),
+                    session.clone(),
+                );
+                std::thread::spawn(move || {
+                    let mut api = shared_cluster("api").connect_as("simultaneous", "authenticator");
+                    barrier.wait();
+                    call(
+                        &mut api,
+                        &viewer,
+                        "public.enter_webinar",
+                        &webinar,
+                        &session,
+                    )
+                })
+            })
+            .collect();
+        let results: Vec<serde_json::Value> =
+            handles.into_iter().map(|h| h.join().unwrap()).collect();
+        assert_eq!(results[0]["id"], results[1]["id"], "round {round}");
+        let mut statuses: Vec<&str> = results
+            .iter()
+            .map(|r| r["status"].as_str().unwrap())
+            .collect();
+        statuses.sort();
+        assert_eq!(statuses, ["entered", "resumed"], "round {round}");
+    }
+    let rows: i64 = admin
+        .query_one(
+            "SELECT count(*) FROM webinar_sessions.webinar_user_sessions",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(rows, 20);
+}
+
+/// Waits until some backend is blocked on a lock in this database.
+fn wait_until_blocked(admin: &mut Client, database: &str) {
+    let blocked = eventually(Duration::from_secs(10), || {
+        admin
+            .query_one(
+                "SELECT count(*) > 0 FROM pg_stat_activity WHERE datname = $1 AND wait_event_type = 'Lock'",
+                &[&database],
+            )
+            .unwrap()
+            .get(0)
+    });
+    assert!(blocked, "no backend ever waited for the lock");
+}
+
+/// The sweep takes the row first; the heartbeat waits, finds the session closed and opens a
+/// new one. Nothing is lost either way.
+#[test]
+fn a_heartbeat_behind_a_sweep_reopens() {
+    let (mut admin, mut api) = database("sweep_first");
+    let (viewer, webinar) = (uuid(1), uuid(100));
+    admin
+        .batch_execute(&format!(
+            "INSERT INTO webinar_sessions.webinar_user_sessions (webinar_id, user_id, session_id, entered_at, last_heartbeat_at)
+             VALUES ('{webinar}', '{viewer}', 'tab', now() - interval '1 hour', now() - interval '30 min')"
+        ))
+        .unwrap();
+    let mut sweeper = shared_cluster("api").connect("sweep_first");
+    let mut sweep = sweeper.transaction().unwrap();
+    let swept: i64 = sweep
+        .query_one("SELECT webinar_sessions.sweep_stale_sessions('5 min')", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(swept, 1);
+
+    let heartbeat =
+        std::thread::spawn(move || call(&mut api, &viewer, "public.heartbeat", &webinar, "tab"));
+    wait_until_blocked(&mut admin, "sweep_first");
+    sweep.commit().unwrap();
+    let result = heartbeat.join().unwrap();
+    assert_eq!(result["status"], "reopened");
+
+    let (closed, active): (i64, i64) = {
+        let row = admin
+            .query_one(
+                "SELECT count(*) FILTER (WHERE exit_reason = 'swept'), count(*) FILTER (WHERE exited_at IS NULL)
+                   FROM webinar_sessions.webinar_user_sessions",
+                &[],
+            )
+            .unwrap();
+        (row.get(0), row.get(1))
+    };
+    assert_eq!((closed, active), (1, 1));
+}
+
+/// The heartbeat takes the row first; the sweep waits, re-checks the fresh row and leaves it
+/// alone.
+#[test]
+fn a_sweep_behind_a_heartbeat_spares_the_session() {
+    let (mut admin, _) = database("heartbeat_first");
+    let (viewer, webinar) = (uuid(1), uuid(100));
+    admin
+        .batch_execute(&format!(
+            "INSERT INTO webinar_sessions.webinar_user_sessions (webinar_id, user_id, session_id, entered_at, last_heartbeat_at)
+             VALUES ('{webinar}', '{viewer}', 'tab', now() - interval '1 hour', now() - interval '30 min')"
+        ))
+        .unwrap();
+    let mut api = shared_cluster("api").connect_as("heartbeat_first", "authenticator");
+    let mut tx = api.transaction().unwrap();
+    tx.batch_execute("SET LOCAL ROLE authenticated").unwrap();
+    tx.execute(
+        "SELECT set_config('request.jwt.claims', $1, true)",
+        &[&claims_for(&viewer)],
+    )
+    .unwrap();
+    let status: String = tx
+        .query_one(
+            "SELECT status FROM public.heartbeat($1::text::uuid, 'tab')",
+            &[&webinar],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(status, "alive");
+
+    let sweep = std::thread::spawn(|| {
+        let mut sweeper = shared_cluster("api").connect("heartbeat_first");
+        sweeper
+            .query_one("SELECT webinar_sessions.sweep_stale_sessions('5 min')", &[])
+            .unwrap()
+            .get::<_, i64>(0)
+    });
+    wait_until_blocked(&mut admin, "heartbeat_first");
+    tx.commit().unwrap();
+    assert_eq!(sweep.join().unwrap(), 0);
+    let active: i64 = admin
+        .query_one(
+            "SELECT count(*) FROM webinar_sessions.webinar_user_sessions WHERE exited_at IS NULL",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(active, 1);
+}

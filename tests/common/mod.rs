@@ -1,0 +1,382 @@
+//! A real PostgreSQL cluster for the integration tests, and a client that calls the API the
+//! way PostgREST does.
+//!
+//! Each cluster is initdb'd into a fresh folder, runs the installed `webinar_sessions`
+//! library (`cargo pgrx test` or `cargo pgrx install` puts it there), listens on a free
+//! loopback port, and is stopped and removed when dropped. PostgreSQL refuses to run as
+//! root: when the tests run as root, the server runs as `$WEBINAR_SESSIONS_TEST_OS_USER`
+//! (default `postgres`, the account Debian's server package creates).
+
+#![allow(dead_code)] // each test binary uses its own part of this module
+
+use postgres::{Client, NoTls};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+pub const SUPERUSER: &str = "postgres";
+
+/// Supabase's roles as its images create them: PostgREST logs in as `authenticator` and
+/// switches to one of the three per request; `service_role` bypasses row-level security.
+pub const SUPABASE_ROLES: &str = "
+    CREATE ROLE anon NOLOGIN NOINHERIT;
+    CREATE ROLE authenticated NOLOGIN NOINHERIT;
+    CREATE ROLE service_role NOLOGIN NOINHERIT BYPASSRLS;
+    CREATE ROLE authenticator LOGIN NOINHERIT;
+    GRANT anon, authenticated, service_role TO authenticator;
+    CREATE ROLE plain_login LOGIN;
+";
+
+pub struct Cluster {
+    pub port: u16,
+    root: PathBuf,
+    data: PathBuf,
+}
+
+fn bindir() -> PathBuf {
+    let out = Command::new("pg_config")
+        .arg("--bindir")
+        .output()
+        .expect("pg_config is on PATH");
+    PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
+}
+
+fn os_user() -> Option<String> {
+    let uid = unsafe { libc_geteuid() };
+    (uid == 0).then(|| {
+        std::env::var("WEBINAR_SESSIONS_TEST_OS_USER").unwrap_or_else(|_| "postgres".into())
+    })
+}
+
+extern "C" {
+    #[link_name = "geteuid"]
+    fn libc_geteuid() -> u32;
+}
+
+/// Runs a PostgreSQL program as the cluster's OS user.
+pub fn run_as_owner(program: &str, args: &[&str]) -> Output {
+    let path = bindir().join(program);
+    let mut command = match os_user() {
+        Some(user) => {
+            let mut c = Command::new("runuser");
+            c.args(["-u", &user, "--"]).arg(&path);
+            c
+        }
+        None => Command::new(&path),
+    };
+    let output = command
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{program}: {e}"));
+    output
+}
+
+fn check(output: Output, what: &str) -> String {
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(output.status.success(), "{what} failed:\n{text}");
+    text
+}
+
+fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().port()
+}
+
+impl Cluster {
+    /// initdb and start a cluster; `settings` are appended to postgresql.conf.
+    pub fn start(name: &str, settings: &[&str]) -> Cluster {
+        let root = std::env::temp_dir()
+            .join("webinar_sessions-tests")
+            .join(format!("{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        std::fs::create_dir_all(&root).unwrap();
+        if let Some(user) = os_user() {
+            check(
+                Command::new("chown")
+                    .args([&user, root.to_str().unwrap()])
+                    .output()
+                    .unwrap(),
+                "chown",
+            );
+        }
+        let data = root.join("data");
+        check(
+            run_as_owner(
+                "initdb",
+                &[
+                    "-D",
+                    data.to_str().unwrap(),
+                    "-U",
+                    SUPERUSER,
+                    "-A",
+                    "trust",
+                    "--no-sync",
+                    "-E",
+                    "UTF8",
+                ],
+            ),
+            "initdb",
+        );
+        let cluster = Cluster {
+            port: free_port(),
+            root,
+            data,
+        };
+        let mut conf = vec![
+            format!("port = {}", cluster.port),
+            "listen_addresses = '127.0.0.1'".into(),
+            "unix_socket_directories = ''".into(),
+            "fsync = off".into(),
+            "shared_preload_libraries = 'webinar_sessions'".into(),
+            "log_min_messages = log".into(),
+        ];
+        conf.extend(settings.iter().map(|s| s.to_string()));
+        cluster.append_conf(&conf.join("\n"));
+        cluster.pg_ctl(&["start", "-w", "-t", "60"]);
+        cluster
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        &self.data
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.root.join("server.log")
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    pub fn append_conf(&self, lines: &str) {
+        use std::io::Write;
+        let mut file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(self.data.join("postgresql.conf"))
+            .unwrap();
+        writeln!(file, "\n{lines}").unwrap();
+    }
+
+    pub fn pg_ctl(&self, args: &[&str]) -> String {
+        let mut all = vec!["-D", self.data.to_str().unwrap(), "-l"];
+        let log = self.log_path();
+        all.push(log.to_str().unwrap());
+        all.extend_from_slice(args);
+        check(run_as_owner("pg_ctl", &all), &format!("pg_ctl {args:?}"))
+    }
+
+    pub fn url(&self, database: &str, user: &str) -> String {
+        format!(
+            "host=127.0.0.1 port={} dbname={database} user={user}",
+            self.port
+        )
+    }
+
+    pub fn connect_as(&self, database: &str, user: &str) -> Client {
+        let url = self.url(database, user);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            match Client::connect(&url, NoTls) {
+                Ok(client) => return client,
+                Err(e) if Instant::now() < deadline => {
+                    let _ = e;
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                Err(e) => panic!("connect {url}: {e}"),
+            }
+        }
+    }
+
+    pub fn connect(&self, database: &str) -> Client {
+        self.connect_as(database, SUPERUSER)
+    }
+
+    /// A new database with Supabase's roles (cluster-wide, created once) and the extension.
+    pub fn supabase_database(&self, database: &str) -> Client {
+        let mut admin = self.connect("postgres");
+        let roles_exist: bool = admin
+            .query_one(
+                "SELECT EXISTS (SELECT FROM pg_roles WHERE rolname = 'authenticator')",
+                &[],
+            )
+            .unwrap()
+            .get(0);
+        if !roles_exist {
+            // Two tests may race here; the loser's error is harmless.
+            let _ = admin.batch_execute(SUPABASE_ROLES);
+        }
+        admin
+            .batch_execute(&format!("CREATE DATABASE {database}"))
+            .unwrap();
+        let mut client = self.connect(database);
+        client
+            .batch_execute("CREATE EXTENSION webinar_sessions")
+            .unwrap();
+        client
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let log = self.log_path();
+        let _ = run_as_owner(
+            "pg_ctl",
+            &[
+                "-D",
+                self.data.to_str().unwrap(),
+                "-l",
+                log.to_str().unwrap(),
+                "stop",
+                "-m",
+                "immediate",
+            ],
+        );
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.root);
+        }
+    }
+}
+
+/// Polls `condition` until it holds or `timeout` passes; returns whether it held.
+pub fn eventually(timeout: Duration, mut condition: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if condition() {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A deterministic uuid for test data: `n` in the last group.
+pub fn uuid(n: u64) -> String {
+    format!("00000000-0000-4000-8000-{n:012x}")
+}
+
+/// JWT claims as Supabase's auth server puts them into a token for a signed-in user.
+pub fn claims_for(user: &str) -> String {
+    format!(r#"{{"sub":"{user}","role":"authenticated","aud":"authenticated"}}"#)
+}
+
+/// One PostgREST request: a transaction that switches to `role`, sets the claims
+/// transaction-locally, and calls `public.<function>` with named arguments. Returns the
+/// result row as the JSON object supabase-js receives, or the database error.
+pub fn rpc(
+    client: &mut Client,
+    role: &str,
+    claims: Option<&str>,
+    function: &str,
+    args: &[(&str, &str)],
+) -> Result<serde_json::Value, Box<postgres::error::DbError>> {
+    let mut tx = client.transaction().expect("begin");
+    let outcome = (|| {
+        tx.batch_execute(&format!("SET LOCAL ROLE {role}"))?;
+        if let Some(claims) = claims {
+            tx.execute(
+                "SELECT set_config('request.jwt.claims', $1, true)",
+                &[&claims],
+            )?;
+        }
+        let named: Vec<String> = args
+            .iter()
+            .enumerate()
+            .map(|(i, (name, _))| format!("{name} => ${}", i + 1))
+            .collect();
+        let values: Vec<&(dyn postgres::types::ToSql + Sync)> = args
+            .iter()
+            .map(|(_, v)| v as &(dyn postgres::types::ToSql + Sync))
+            .collect();
+        // Arguments travel as text, the way PostgREST sends JSON values, and are cast by the
+        // function's parameter types.
+        let sql = format!(
+            "SELECT to_jsonb(r)::text FROM {function}({}) AS r",
+            named
+                .iter()
+                .zip(args)
+                .map(|(n, (name, _))| format!("{n}::text::{}", arg_type(name)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        let row = tx.query_one(&sql, &values)?;
+        Ok::<_, postgres::Error>(row.get::<_, String>(0))
+    })();
+    match outcome {
+        Ok(json) => {
+            tx.commit().expect("commit");
+            Ok(serde_json::from_str(&json).unwrap())
+        }
+        Err(e) => {
+            let _ = tx.rollback();
+            let error = e.as_db_error().cloned();
+            Err(Box::new(
+                error.unwrap_or_else(|| panic!("not a database error: {e}")),
+            ))
+        }
+    }
+}
+
+fn arg_type(name: &str) -> &'static str {
+    match name {
+        "webinar_id" | "user_id" => "uuid",
+        "stale_after" => "interval",
+        "webinar_ids" | "user_ids" => "uuid[]",
+        "session_ids" => "text[]",
+        _ => "text",
+    }
+}
+
+/// The full contents of the session table, in a stable order: to show that a failed call
+/// wrote nothing.
+pub fn table_fingerprint(client: &mut Client) -> String {
+    client
+        .query_one(
+            "SELECT coalesce(md5(string_agg(s::text, '|' ORDER BY s.id)), 'empty')
+               FROM webinar_sessions.webinar_user_sessions AS s",
+            &[],
+        )
+        .unwrap()
+        .get(0)
+}
+
+static SHARED: std::sync::OnceLock<Cluster> = std::sync::OnceLock::new();
+
+extern "C" {
+    fn atexit(callback: extern "C" fn()) -> i32;
+}
+
+extern "C" fn stop_shared_cluster() {
+    if let Some(cluster) = SHARED.get() {
+        let log = cluster.log_path();
+        let _ = run_as_owner(
+            "pg_ctl",
+            &[
+                "-D",
+                cluster.data.to_str().unwrap(),
+                "-l",
+                log.to_str().unwrap(),
+                "stop",
+                "-m",
+                "immediate",
+            ],
+        );
+        let _ = std::fs::remove_dir_all(&cluster.root);
+    }
+}
+
+/// One cluster shared by all tests of a test binary (each test uses its own database); it is
+/// stopped when the binary exits. The worker is disabled in it: these tests drive sweeps
+/// themselves.
+pub fn shared_cluster(name: &str) -> &'static Cluster {
+    SHARED.get_or_init(|| {
+        let cluster = Cluster::start(name, &["webinar_sessions.sweeper_enabled = off"]);
+        unsafe { atexit(stop_shared_cluster) };
+        cluster
+    })
+}
