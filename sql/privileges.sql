@@ -4,8 +4,9 @@
 -- exist, so the extension installs on a plain Postgres too:
 --   authenticated  the client API (public.enter_webinar / heartbeat / leave_webinar and
 --                  webinar_sessions.enter / heartbeat / leave for its own user id), and
---                  SELECT on its own rows (row-level security);
---   service_role   everything, including sweep_stale_sessions and heartbeat_batch;
+--                  SELECT on its own rows, presence and watch time (row-level security);
+--   service_role   everything, including sweep_stale_sessions, heartbeat_batch and the
+--                  per-webinar statistics;
 --   anon           nothing.
 
 REVOKE ALL ON ALL FUNCTIONS IN SCHEMA webinar_sessions FROM PUBLIC;
@@ -34,20 +35,19 @@ BEGIN
             webinar_sessions.enter(uuid, text, uuid), webinar_sessions.heartbeat(uuid, text, uuid),
             webinar_sessions.leave(uuid, text, uuid)
             TO authenticated;
-        GRANT SELECT ON webinar_sessions.webinar_user_sessions TO authenticated;
+        GRANT SELECT ON webinar_sessions.webinar_user_sessions, webinar_sessions.presence,
+            webinar_sessions.watch_time TO authenticated;
     END IF;
 
     IF EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'service_role') THEN
         GRANT USAGE ON SCHEMA webinar_sessions TO service_role;
         GRANT EXECUTE ON FUNCTION
-            public.enter_webinar(uuid, text), public.heartbeat(uuid, text), public.leave_webinar(uuid, text),
-            webinar_sessions.enter(uuid, text, uuid), webinar_sessions.heartbeat(uuid, text, uuid),
-            webinar_sessions.leave(uuid, text, uuid),
-            webinar_sessions.heartbeat_batch(uuid[], text[], uuid[]),
-            webinar_sessions.sweep_stale_sessions(interval)
+            public.enter_webinar(uuid, text), public.heartbeat(uuid, text), public.leave_webinar(uuid, text)
             TO service_role;
+        GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA webinar_sessions TO service_role;
         GRANT SELECT, INSERT, UPDATE, DELETE ON webinar_sessions.webinar_user_sessions TO service_role;
-        GRANT SELECT ON webinar_sessions.sweep_runs TO service_role;
+        GRANT SELECT ON webinar_sessions.sweep_runs, webinar_sessions.presence, webinar_sessions.watch_time,
+            webinar_sessions.webinar_stats TO service_role;
     END IF;
 END
 $grants$;

@@ -39,6 +39,7 @@ extension_sql_file!(
     requires = [identity::current_user_id]
 );
 extension_sql_file!("../sql/api.sql", name = "api", requires = ["schema"]);
+extension_sql_file!("../sql/stats.sql", name = "stats", requires = ["schema"]);
 extension_sql_file!("../sql/privileges.sql", name = "privileges", finalize);
 
 #[cfg(any(test, feature = "pg_test"))]

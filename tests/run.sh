@@ -18,6 +18,8 @@ if [ "$(id -u)" -eq 0 ]; then
     runas=(--runas "$WEBINAR_SESSIONS_TEST_OS_USER")
 fi
 
-# cargo pgrx test builds the extension, installs it into this machine's PostgreSQL (the
-# integration tests load it from there), and runs cargo test for every target.
+# The integration tests load the extension from this machine's PostgreSQL: install the build
+# under test first, exactly as cargo pgrx test's own #[pg_test] set-up does (so that it is
+# there even when a filter skips every #[pg_test]).
+cargo pgrx install --test --pg-config /usr/bin/pg_config --no-default-features --features "pg15 pg_test"
 cargo pgrx test pg15 "${runas[@]}" --pgdata "$pgdata/data" "$@"

@@ -1,0 +1,270 @@
+-- webinar_sessions: attendance analytics.
+--
+-- Summing a viewer's sessions counts the same minute twice when they had two tabs open, or
+-- rejoined from another device before the old session was swept. Everything here works on
+-- PRESENCE instead: a viewer's sessions merged into the stretches of time in which at least
+-- one of them was open. A session counts from entered_at to its last proved sign of life,
+-- coalesce(exited_at, last_heartbeat_at, entered_at); a session that was entered and never
+-- heartbeated proves no time at all.
+--
+-- All views are security_invoker, so row-level security applies: a signed-in viewer sees
+-- only their own presence and watch time. The per-webinar aggregates are for service_role
+-- and the owner.
+
+-- One row per continuous stretch of a viewer's presence in a webinar. Overlapping and
+-- touching sessions merge (gaps and islands: a session starts a new stretch only when it
+-- begins after every earlier session of that viewer has ended).
+--
+-- Filters on webinar_id and user_id reach the table (they are the window partition), so
+-- one viewer's presence is read through idx_wus_webinar_session_active (open sessions) and
+-- idx_wus_webinar_user_watched (closed ones).
+CREATE VIEW webinar_sessions.presence WITH (security_invoker = true) AS
+SELECT webinar_id,
+       user_id,
+       min(started_at) AS started_at,
+       max(ended_at)   AS ended_at,
+       count(*)        AS sessions
+  FROM (SELECT webinar_id, user_id, started_at, ended_at,
+               count(*) FILTER (WHERE earlier_end IS NULL OR started_at > earlier_end)
+                   OVER (PARTITION BY webinar_id, user_id ORDER BY started_at, ended_at
+                         ROWS UNBOUNDED PRECEDING) AS stretch
+          FROM (SELECT webinar_id, user_id,
+                       entered_at AS started_at,
+                       coalesce(exited_at, last_heartbeat_at, entered_at) AS ended_at,
+                       max(coalesce(exited_at, last_heartbeat_at, entered_at))
+                           OVER (PARTITION BY webinar_id, user_id ORDER BY entered_at,
+                                              coalesce(exited_at, last_heartbeat_at, entered_at)
+                                 ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS earlier_end
+                  FROM webinar_sessions.webinar_user_sessions) AS sessions) AS numbered
+ GROUP BY webinar_id, user_id, stretch;
+COMMENT ON VIEW webinar_sessions.presence IS
+    'Continuous stretches of a viewer''s presence in a webinar: their sessions merged, overlaps counted once.';
+
+-- One row per webinar and viewer. watched_seconds is the length of the union of their
+-- sessions, not the sum.
+CREATE VIEW webinar_sessions.watch_time WITH (security_invoker = true) AS
+SELECT webinar_id,
+       user_id,
+       sum(sessions)::bigint AS sessions,
+       min(started_at) AS first_entered_at,
+       max(ended_at)   AS last_seen_at,
+       sum(extract(epoch FROM ended_at - started_at))::double precision AS watched_seconds
+  FROM webinar_sessions.presence
+ GROUP BY webinar_id, user_id;
+COMMENT ON VIEW webinar_sessions.watch_time IS
+    'Watch time per webinar and viewer: the union of their sessions, so two tabs count once.';
+
+-- One row per webinar. Concurrency counts distinct viewers, not tabs: each viewer's
+-- stretches do not overlap, so +1 at every stretch start and -1 at every end, summed in time
+-- order (ends before starts at the same instant: presence is [start, end)), is the number
+-- of viewers present.
+CREATE VIEW webinar_sessions.webinar_stats WITH (security_invoker = true) AS
+WITH flow AS (
+    SELECT p.webinar_id, p.user_id, e.at, e.delta,
+           CASE WHEN e.delta = 1 THEN p.sessions END AS sessions,
+           CASE WHEN e.delta = 1 THEN extract(epoch FROM p.ended_at - p.started_at) END AS seconds,
+           sum(e.delta) OVER (PARTITION BY p.webinar_id ORDER BY e.at, e.delta
+                              ROWS UNBOUNDED PRECEDING) AS present
+      FROM webinar_sessions.presence AS p
+     CROSS JOIN LATERAL (VALUES (p.started_at, 1), (p.ended_at, -1)) AS e(at, delta)
+), peaks AS (
+    SELECT flow.*, max(present) OVER (PARTITION BY webinar_id) AS peak
+      FROM flow
+), per_webinar AS (
+    SELECT webinar_id,
+           count(DISTINCT user_id) AS viewers,
+           sum(sessions)::bigint AS sessions,
+           sum(seconds)::double precision AS total_watched_seconds,
+           (sum(seconds) / count(DISTINCT user_id))::double precision AS avg_watched_seconds,
+           max(peak)::bigint AS peak_concurrent_viewers,
+           min(at) FILTER (WHERE present = peak AND peak > 0) AS peak_at,
+           min(at) AS first_entered_at,
+           max(at) AS last_seen_at
+      FROM peaks
+     GROUP BY webinar_id
+), active AS (
+    SELECT webinar_id, count(*) AS active_sessions, count(DISTINCT user_id) AS active_viewers
+      FROM webinar_sessions.webinar_user_sessions
+     WHERE exited_at IS NULL
+     GROUP BY webinar_id
+)
+SELECT w.webinar_id,
+       w.viewers,
+       w.sessions,
+       coalesce(a.active_sessions, 0) AS active_sessions,
+       coalesce(a.active_viewers, 0)  AS active_viewers,
+       w.total_watched_seconds,
+       w.avg_watched_seconds,
+       w.peak_concurrent_viewers,
+       w.peak_at,
+       w.first_entered_at,
+       w.last_seen_at
+  FROM per_webinar AS w
+  LEFT JOIN active AS a ON a.webinar_id = w.webinar_id;
+COMMENT ON VIEW webinar_sessions.webinar_stats IS
+    'Per webinar: viewers, sessions, active now, watch time (union per viewer), peak concurrent distinct viewers.';
+
+CREATE FUNCTION webinar_sessions._check_span(p_name text, p_value interval)
+RETURNS void
+LANGUAGE plpgsql IMMUTABLE
+AS $$
+BEGIN
+    IF p_value IS NULL THEN
+        RAISE EXCEPTION '% must not be null', p_name USING ERRCODE = 'null_value_not_allowed';
+    ELSIF p_value <= interval '0' THEN
+        RAISE EXCEPTION '% must be positive (got %)', p_name, p_value USING ERRCODE = 'invalid_parameter_value';
+    ELSIF extract(month FROM p_value) <> 0 OR extract(year FROM p_value) <> 0 THEN
+        RAISE EXCEPTION '% must be given in days or smaller units, not months or years (got %)', p_name, p_value
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+END
+$$;
+
+CREATE FUNCTION webinar_sessions._check_not_null(p_name text, p_is_null boolean)
+RETURNS void
+LANGUAGE plpgsql IMMUTABLE
+AS $$
+BEGIN
+    IF p_is_null THEN
+        RAISE EXCEPTION '% must not be null', p_name USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+END
+$$;
+
+-- Distinct viewers per point of a time grid origin + k * step, k = 0 .. p_points - 1.
+-- With p_instant a viewer counts at point k when present at that instant; otherwise when
+-- present at any time in [point, point + step). Each stretch is expanded into the grid
+-- points it covers, so the cost follows the presence, not points times viewers.
+CREATE FUNCTION webinar_sessions._viewers_on_grid(
+    p_webinar_id uuid, p_origin timestamptz, p_step interval, p_points bigint, p_instant boolean)
+RETURNS TABLE (k bigint, viewers bigint)
+LANGUAGE sql STABLE
+AS $$
+    WITH stretches AS (
+        SELECT p.user_id,
+               extract(epoch FROM p.started_at - p_origin) / extract(epoch FROM p_step) AS first_at,
+               extract(epoch FROM p.ended_at - p_origin) / extract(epoch FROM p_step) AS end_at
+          FROM webinar_sessions.presence AS p
+         WHERE p.webinar_id = p_webinar_id
+           AND p.ended_at > p.started_at
+    ), covered AS (
+        SELECT DISTINCT s.user_id, g.k
+          FROM stretches AS s
+         CROSS JOIN LATERAL generate_series(
+                   greatest(0, CASE WHEN p_instant THEN ceil(s.first_at) ELSE floor(s.first_at) END)::bigint,
+                   least(p_points, ceil(s.end_at))::bigint - 1) AS g(k)
+    )
+    SELECT grid.k, count(c.user_id)
+      FROM generate_series(0, p_points - 1) AS grid(k)
+      LEFT JOIN covered AS c ON c.k = grid.k
+     GROUP BY grid.k
+     ORDER BY grid.k;
+$$;
+
+CREATE FUNCTION webinar_sessions._grid_size(p_span interval, p_step interval)
+RETURNS bigint
+LANGUAGE plpgsql IMMUTABLE
+AS $$
+DECLARE
+    v_points bigint := ceil(extract(epoch FROM p_span) / extract(epoch FROM p_step))::bigint;
+BEGIN
+    IF v_points > 100000 THEN
+        RAISE EXCEPTION 'bucket % over % gives % buckets; at most 100000 are allowed', p_step, p_span, v_points
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    RETURN greatest(v_points, 1);
+END
+$$;
+
+CREATE FUNCTION webinar_sessions.concurrency(webinar_id uuid, bucket interval DEFAULT '1 minute')
+RETURNS TABLE (bucket_start timestamptz, viewers bigint)
+LANGUAGE plpgsql STABLE
+SET search_path = ''
+AS $$
+DECLARE
+    v_first timestamptz;
+    v_last timestamptz;
+    v_origin timestamptz;
+    v_points bigint;
+BEGIN
+    PERFORM webinar_sessions._check_not_null('webinar_id', concurrency.webinar_id IS NULL);
+    PERFORM webinar_sessions._check_span('bucket', concurrency.bucket);
+    SELECT min(p.started_at), max(p.ended_at) INTO v_first, v_last
+      FROM webinar_sessions.presence AS p
+     WHERE p.webinar_id = concurrency.webinar_id;
+    IF v_first IS NULL THEN
+        RETURN;
+    END IF;
+    -- Buckets are aligned (whole minutes for '1 minute'), the first one holding the first entry.
+    v_origin := pg_catalog.date_bin(concurrency.bucket, v_first, timestamptz '2000-01-01 00:00:00+00');
+    v_points := floor(extract(epoch FROM v_last - v_origin) / extract(epoch FROM concurrency.bucket))::bigint + 1;
+    PERFORM webinar_sessions._grid_size(v_last - v_origin, concurrency.bucket);
+    RETURN QUERY
+        SELECT v_origin + g.k * concurrency.bucket, g.viewers
+          FROM webinar_sessions._viewers_on_grid(concurrency.webinar_id, v_origin, concurrency.bucket, v_points, false) AS g;
+END
+$$;
+COMMENT ON FUNCTION webinar_sessions.concurrency(uuid, interval) IS
+    'Distinct viewers present in each bucket, from the first entry to the last sign of life, empty buckets included.';
+
+CREATE FUNCTION webinar_sessions.attendance(
+    webinar_id uuid, starts_at timestamptz, ends_at timestamptz, min_ratio double precision DEFAULT 0.85)
+RETURNS TABLE (user_id uuid, watched_seconds double precision, ratio double precision, attended boolean)
+LANGUAGE plpgsql STABLE
+SET search_path = ''
+AS $$
+DECLARE
+    v_length double precision;
+BEGIN
+    PERFORM webinar_sessions._check_not_null('webinar_id', attendance.webinar_id IS NULL);
+    PERFORM webinar_sessions._check_not_null('starts_at', attendance.starts_at IS NULL);
+    PERFORM webinar_sessions._check_not_null('ends_at', attendance.ends_at IS NULL);
+    PERFORM webinar_sessions._check_not_null('min_ratio', attendance.min_ratio IS NULL);
+    IF attendance.ends_at <= attendance.starts_at THEN
+        RAISE EXCEPTION 'ends_at (%) must be after starts_at (%)', attendance.ends_at, attendance.starts_at
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF attendance.min_ratio < 0 OR attendance.min_ratio > 1 OR attendance.min_ratio = 'NaN' THEN
+        RAISE EXCEPTION 'min_ratio must be between 0 and 1 (got %)', attendance.min_ratio
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    v_length := extract(epoch FROM attendance.ends_at - attendance.starts_at);
+    RETURN QUERY
+        SELECT w.user_id, w.seconds, w.seconds / v_length, w.seconds / v_length >= attendance.min_ratio
+          FROM (SELECT p.user_id,
+                       sum(greatest(0, extract(epoch FROM least(p.ended_at, attendance.ends_at)
+                                                          - greatest(p.started_at, attendance.starts_at))))::double precision AS seconds
+                  FROM webinar_sessions.presence AS p
+                 WHERE p.webinar_id = attendance.webinar_id
+                 GROUP BY p.user_id) AS w
+         ORDER BY w.seconds DESC, w.user_id;
+END
+$$;
+COMMENT ON FUNCTION webinar_sessions.attendance(uuid, timestamptz, timestamptz, double precision) IS
+    'Per viewer: watch time inside [starts_at, ends_at) (union of sessions), its ratio to the window, and whether it reaches min_ratio.';
+
+CREATE FUNCTION webinar_sessions.retention(
+    webinar_id uuid, starts_at timestamptz, ends_at timestamptz, bucket interval DEFAULT '1 minute')
+RETURNS TABLE (minute_offset integer, still_watching bigint)
+LANGUAGE plpgsql STABLE
+SET search_path = ''
+AS $$
+DECLARE
+    v_points bigint;
+BEGIN
+    PERFORM webinar_sessions._check_not_null('webinar_id', retention.webinar_id IS NULL);
+    PERFORM webinar_sessions._check_not_null('starts_at', retention.starts_at IS NULL);
+    PERFORM webinar_sessions._check_not_null('ends_at', retention.ends_at IS NULL);
+    PERFORM webinar_sessions._check_span('bucket', retention.bucket);
+    IF retention.ends_at <= retention.starts_at THEN
+        RAISE EXCEPTION 'ends_at (%) must be after starts_at (%)', retention.ends_at, retention.starts_at
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    v_points := webinar_sessions._grid_size(retention.ends_at - retention.starts_at, retention.bucket);
+    RETURN QUERY
+        SELECT floor(extract(epoch FROM g.k * retention.bucket) / 60)::integer, g.viewers
+          FROM webinar_sessions._viewers_on_grid(retention.webinar_id, retention.starts_at, retention.bucket, v_points, true) AS g;
+END
+$$;
+COMMENT ON FUNCTION webinar_sessions.retention(uuid, timestamptz, timestamptz, interval) IS
+    'The drop-off curve: viewers present at starts_at + k * bucket, for every k before ends_at; minute_offset is that time in whole minutes.';
