@@ -90,7 +90,7 @@ impl Cluster {
     /// initdb and start a cluster; `settings` are appended to postgresql.conf.
     pub fn start(name: &str, settings: &[&str]) -> Cluster {
         let root = std::env::temp_dir()
-            .join("webinar_sessions-tests")
+            .join("webinar_sessions-clusters")
             .join(format!("{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&root);
         std::fs::create_dir_all(&root).unwrap();
