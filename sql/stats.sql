@@ -17,7 +17,8 @@
 --
 -- Filters on webinar_id and user_id reach the table (they are the window partition), so
 -- one viewer's presence is read through idx_wus_webinar_session_active (open sessions) and
--- idx_wus_webinar_user_watched (closed ones).
+-- idx_wus_webinar_user_watched (closed ones), and one webinar's through idx_wus_active and
+-- idx_wus_webinar_user_watched.
 CREATE VIEW webinar_sessions.presence WITH (security_invoker = true) AS
 SELECT webinar_id,
        user_id,
@@ -28,14 +29,19 @@ SELECT webinar_id,
                count(*) FILTER (WHERE earlier_end IS NULL OR started_at > earlier_end)
                    OVER (PARTITION BY webinar_id, user_id ORDER BY started_at, ended_at
                          ROWS UNBOUNDED PRECEDING) AS stretch
-          FROM (SELECT webinar_id, user_id,
-                       entered_at AS started_at,
-                       coalesce(exited_at, last_heartbeat_at, entered_at) AS ended_at,
-                       max(coalesce(exited_at, last_heartbeat_at, entered_at))
-                           OVER (PARTITION BY webinar_id, user_id ORDER BY entered_at,
-                                              coalesce(exited_at, last_heartbeat_at, entered_at)
-                                 ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS earlier_end
-                  FROM webinar_sessions.webinar_user_sessions) AS sessions) AS numbered
+          FROM (SELECT webinar_id, user_id, started_at, ended_at,
+                       max(ended_at) OVER (PARTITION BY webinar_id, user_id ORDER BY started_at, ended_at
+                                           ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS earlier_end
+                  FROM (-- Open and closed sessions apart, so that each half is read through its
+                        -- own partial index.
+                        SELECT webinar_id, user_id, entered_at AS started_at,
+                               coalesce(last_heartbeat_at, entered_at) AS ended_at
+                          FROM webinar_sessions.webinar_user_sessions
+                         WHERE exited_at IS NULL
+                        UNION ALL
+                        SELECT webinar_id, user_id, entered_at, exited_at
+                          FROM webinar_sessions.webinar_user_sessions
+                         WHERE exited_at IS NOT NULL) AS spans) AS ordered) AS numbered
  GROUP BY webinar_id, user_id, stretch;
 COMMENT ON VIEW webinar_sessions.presence IS
     'Continuous stretches of a viewer''s presence in a webinar: their sessions merged, overlaps counted once.';
