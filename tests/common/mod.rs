@@ -16,16 +16,8 @@ use std::time::{Duration, Instant};
 
 pub const SUPERUSER: &str = "postgres";
 
-/// Supabase's roles as its images create them: PostgREST logs in as `authenticator` and
-/// switches to one of the three per request; `service_role` bypasses row-level security.
-pub const SUPABASE_ROLES: &str = "
-    CREATE ROLE anon NOLOGIN NOINHERIT;
-    CREATE ROLE authenticated NOLOGIN NOINHERIT;
-    CREATE ROLE service_role NOLOGIN NOINHERIT BYPASSRLS;
-    CREATE ROLE authenticator LOGIN NOINHERIT;
-    GRANT anon, authenticated, service_role TO authenticator;
-    CREATE ROLE plain_login LOGIN;
-";
+/// Supabase's roles (see the file for what each is for).
+pub const SUPABASE_ROLES: &str = include_str!("../supabase_roles.sql");
 
 pub struct Cluster {
     pub port: u16,

@@ -1,0 +1,274 @@
+#!/usr/bin/env bash
+# The benchmark: webinar_sessions against the seed's design and against the machine's limit,
+# on a throwaway PostgreSQL (fsync on, default durability) that it starts and stops itself.
+#
+#   bench/run.sh              the full run (about 15 minutes on 2 cores)
+#   bench/run.sh --smoke      seconds-long, to keep the script working in CI
+#
+# Options: --seconds S (per heartbeat measurement, default 20), --rounds R (default 3),
+# --clients C (default 32), --no-install (use the installed build as it is).
+#
+# Every heartbeat request has PostgREST's shape: one transaction that sets the role and
+# request.jwt.claims transaction-locally, then makes the call. The variants are measured in
+# rounds, in a rotating order, so that machine noise hits all of them alike. The figures are
+# printed and written, with the raw pgbench output, to bench/results/<UTC time>/.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PATH="$HOME/.cargo/bin:/usr/lib/postgresql/15/bin:$PATH"
+
+command_line="bench/run.sh $*"
+seconds=20 rounds=3 clients=32 install=1
+sizes=(5000 100000) sweep_total=500000 sweep_stale=50000 burst=100000 stats_rows=1000000
+shared_buffers=2GB
+while (($#)); do
+    case $1 in
+        --smoke) seconds=2 rounds=1 clients=8 sizes=(1000) sweep_total=5000 sweep_stale=500
+                 burst=2000 stats_rows=20000 shared_buffers=128MB ;;
+        --seconds) seconds=$2; shift ;;
+        --rounds) rounds=$2; shift ;;
+        --clients) clients=$2; shift ;;
+        --no-install) install=0 ;;
+        *) echo "usage: bench/run.sh [--smoke] [--seconds S] [--rounds R] [--clients C] [--no-install]" >&2; exit 2 ;;
+    esac
+    shift
+done
+
+.ci/setup.sh
+if ((install)); then
+    cargo pgrx install --release --pg-config /usr/bin/pg_config
+fi
+
+out="bench/results/$(date -u +%Y%m%dT%H%M%SZ)"
+mkdir -p "$out"
+summary="$out/summary.md"
+
+# A throwaway cluster, run by an unprivileged account when we are root.
+runas=()
+cluster=$(mktemp -d /tmp/webinar_sessions-bench.XXXXXX)
+if [ "$(id -u)" -eq 0 ]; then
+    owner=${WEBINAR_SESSIONS_TEST_OS_USER:-postgres}
+    chown "$owner" "$cluster"
+    runas=(runuser -u "$owner" --)
+fi
+port=$((20000 + RANDOM % 20000))
+"${runas[@]}" initdb -D "$cluster/data" -U postgres -A trust -E UTF8 >/dev/null
+cat >>"$cluster/data/postgresql.conf" <<EOF
+port = $port
+listen_addresses = '127.0.0.1'
+unix_socket_directories = '$cluster'
+max_connections = 200
+shared_buffers = $shared_buffers
+max_wal_size = 8GB
+checkpoint_timeout = 30min
+shared_preload_libraries = 'webinar_sessions'
+webinar_sessions.sweeper_enabled = off
+EOF
+stop_cluster() {
+    "${runas[@]}" pg_ctl -D "$cluster/data" -m fast stop >/dev/null 2>&1 || true
+    rm -rf "$cluster"
+}
+trap stop_cluster EXIT
+"${runas[@]}" pg_ctl -D "$cluster/data" -l "$cluster/server.log" -w start >/dev/null
+
+q() { psql -X -q -t -A -h 127.0.0.1 -p "$port" -U postgres -d bench -v ON_ERROR_STOP=1 "$@"; }
+psql -X -q -h 127.0.0.1 -p "$port" -U postgres -d postgres -c "CREATE DATABASE bench" \
+    -f tests/supabase_roles.sql >/dev/null
+q -c "CREATE EXTENSION webinar_sessions" -f bench/sql/setup.sql >/dev/null
+
+# pgbench "$output_file" args...: fails the run, showing why, when pgbench fails.
+bench() {
+    local output=$1
+    shift
+    pgbench -n -h 127.0.0.1 -p "$port" -d bench "$@" >"$output" 2>&1 || {
+        echo "pgbench failed; the end of $output:" >&2
+        tail -15 "$output" >&2
+        exit 1
+    }
+}
+now() { date +%s.%N; }
+since() { awk -v from="$1" -v to="$(now)" 'BEGIN { printf "%.3f", to - from }'; }
+# Sorted latencies (ms) in $1 -> "average p99".
+latency_stats() {
+    sort -n "$1" | awk '{ a[NR] = $1; s += $1 } END { i = int(NR * 0.99); if (i < 1) i = 1; printf "%.3f %.3f", s / NR, a[i] }'
+}
+table_counters() { # table -> "updates hot_updates"
+    q -c "SELECT n_tup_upd, n_tup_hot_upd FROM pg_stat_user_tables WHERE relid = '$1'::regclass" | tr '|' ' '
+}
+wal_lsn() { q -c "SELECT pg_current_wal_lsn()"; }
+wal_bytes_since() { q -c "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '$1')"; }
+
+echo "Benchmark: $seconds s per measurement, $rounds rounds, $clients clients; results in $out"
+
+# 1 and 2. Heartbeats per second, HOT share, WAL per heartbeat.
+variants=(seed handwritten handwritten_async extension limit)
+declare -A table_of=([seed]=bench.seed_sessions [handwritten]=bench.seed_sessions
+    [handwritten_async]=bench.seed_sessions [extension]=webinar_sessions.webinar_user_sessions [limit]=)
+hb_tsv="$out/heartbeats.tsv"
+printf 'sessions\tvariant\tround\ttps\ttransactions\tupdates\thot\twal_bytes\n' >"$hb_tsv"
+for sessions in "${sizes[@]}"; do
+    q -c "SELECT bench.load_active($sessions)" >/dev/null
+    q -c "VACUUM ANALYZE webinar_sessions.webinar_user_sessions" -c "VACUUM ANALYZE bench.seed_sessions" -c "CHECKPOINT"
+    for ((round = 1; round <= rounds; round++)); do
+        for ((i = 0; i < ${#variants[@]}; i++)); do
+            variant=${variants[(i + round - 1) % ${#variants[@]}]}
+            table=${table_of[$variant]}
+            before=$(wal_lsn)
+            counters_before="0 0"; [ -n "$table" ] && counters_before=$(table_counters "$table")
+            log="$out/hb-$sessions-$variant-r$round"
+            bench "$log.txt" -M prepared -c "$clients" -j 2 -T "$seconds" -D sessions="$sessions" \
+                -U authenticator -f "bench/sql/hb_$variant.sql" --log --log-prefix="$log"
+            wal=$(wal_bytes_since "$before")
+            sleep 1 # the backends that just ended flush their statistics on exit
+            counters_after="0 0"; [ -n "$table" ] && counters_after=$(table_counters "$table")
+            tps=$(awk '/^tps = / { print $3; exit }' "$log.txt")
+            transactions=$(awk '/number of transactions actually processed/ { print $NF; exit }' "$log.txt")
+            read -r u0 h0 <<<"$counters_before"
+            read -r u1 h1 <<<"$counters_after"
+            awk '{ printf "%.3f\n", $3 / 1000 }' "$log".[0-9]* >>"$out/latency-$sessions-$variant.ms"
+            rm -f "$log".[0-9]*
+            printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$sessions" "$variant" "$round" "$tps" "$transactions" \
+                "$((u1 - u0))" "$((h1 - h0))" "$wal" >>"$hb_tsv"
+            printf '  %7s sessions, round %s, %-18s %10.0f heartbeats/s\n' "$sessions" "$round" "$variant" "$tps"
+        done
+    done
+done
+
+# 3. The sweep: 50,000 stale sessions among 500,000.
+load_sweep() {
+    q -c "TRUNCATE webinar_sessions.webinar_user_sessions, bench.seed_sessions" >/dev/null
+    for table in webinar_sessions.webinar_user_sessions bench.seed_sessions; do
+        q -c "INSERT INTO $table (webinar_id, user_id, session_id, entered_at, last_heartbeat_at)
+              SELECT bench.webinar_of(n), bench.user_of(n), 'tab-' || n, now() - interval '2 hours',
+                     CASE WHEN n <= $sweep_stale THEN now() - interval '30 minutes' ELSE now() END
+                FROM generate_series(1, $sweep_total) AS n" >/dev/null
+        q -c "VACUUM ANALYZE $table"
+    done
+    q -c "CHECKPOINT"
+}
+load_sweep
+start=$(now)
+q -c "SELECT id FROM bench.seed_sessions
+       WHERE exited_at IS NULL AND coalesce(last_heartbeat_at, entered_at) < now() - interval '5 minutes'" \
+    | awk '{ printf "UPDATE bench.seed_sessions SET exited_at = coalesce(last_heartbeat_at, entered_at), updated_at = now() WHERE id = '\''%s'\'';\n", $1 }' \
+        >"$cluster/seed-loop.sql"
+seed_statements=$(($(wc -l <"$cluster/seed-loop.sql") + 1))
+q -f "$cluster/seed-loop.sql" >/dev/null
+seed_sweep_s=$(since "$start")
+seed_swept=$(q -c "SELECT count(*) FROM bench.seed_sessions WHERE exited_at IS NOT NULL")
+start=$(now)
+ext_swept=$(q -c "SELECT webinar_sessions.sweep_stale_sessions('5 minutes')")
+ext_sweep_s=$(since "$start")
+echo "  sweep: seed loop $seed_swept sessions in ${seed_sweep_s}s ($seed_statements statements); extension $ext_swept in ${ext_sweep_s}s (1 statement)"
+
+# 4. The join burst: viewers entering as fast as the server takes them.
+q -c "TRUNCATE webinar_sessions.webinar_user_sessions" -c "CHECKPOINT" >/dev/null
+bench "$out/join-burst.txt" -M prepared -c "$clients" -j 2 -t $((burst / clients)) -U authenticator \
+    -f bench/sql/enter.sql
+enters_per_s=$(awk '/^tps = / { printf "%.0f", $3; exit }' "$out/join-burst.txt")
+entered=$(q -c "SELECT count(*) FROM webinar_sessions.webinar_user_sessions")
+echo "  join burst: $entered entries at $enters_per_s entries/s"
+
+# 5. Statistics over one webinar with many session rows: viewers with ten sessions each,
+# overlapping tabs included, one in twenty still open.
+viewers=$((stats_rows / 10))
+q -c "TRUNCATE webinar_sessions.webinar_user_sessions" >/dev/null
+q -c "SELECT setseed(0.42);
+      INSERT INTO webinar_sessions.webinar_user_sessions
+             (webinar_id, user_id, session_id, entered_at, last_heartbeat_at, exited_at, exit_reason)
+      SELECT bench.webinar_of(0), bench.user_of(u), 'tab-' || k, s.entered,
+             s.entered + s.length / 2,
+             CASE WHEN k = 10 AND u % 2 = 0 THEN NULL ELSE s.entered + s.length END,
+             CASE WHEN k = 10 AND u % 2 = 0 THEN NULL ELSE 'left' END
+        FROM generate_series(1, $viewers) AS u, generate_series(1, 10) AS k,
+             LATERAL (SELECT now() - interval '3 hours' + k * interval '12 minutes' + random() * interval '10 minutes' AS entered,
+                             interval '1 minute' + random() * interval '15 minutes' AS length) AS s" >/dev/null
+q -c "VACUUM ANALYZE webinar_sessions.webinar_user_sessions"
+bench "$out/watch-time.txt" -M prepared -c 1 -T "$seconds" -D viewers="$viewers" -U postgres \
+    -f bench/sql/watch_time.sql
+watch_time_ms=$(awk '/^latency average/ { print $4; exit }' "$out/watch-time.txt")
+for run in 1 2 3; do
+    q -c "\\timing on" -c "SELECT * FROM webinar_sessions.webinar_stats WHERE webinar_id = bench.webinar_of(0)" \
+        | awk '/^Time:/ { print $2 }'
+done >"$out/webinar-stats.ms"
+webinar_stats_ms=$(sort -n "$out/webinar-stats.ms" | sed -n 2p)
+q -c "EXPLAIN (ANALYZE, BUFFERS) SELECT * FROM webinar_sessions.webinar_stats WHERE webinar_id = bench.webinar_of(0)" \
+    >"$out/webinar-stats-plan.txt"
+q -c "EXPLAIN (ANALYZE, BUFFERS) SELECT * FROM webinar_sessions.watch_time WHERE webinar_id = bench.webinar_of(0) AND user_id = bench.user_of(7)" \
+    >"$out/watch-time-plan.txt"
+echo "  statistics: watch_time ${watch_time_ms} ms, webinar_stats over $stats_rows rows ${webinar_stats_ms} ms"
+
+# The summary.
+{
+    echo "# webinar_sessions benchmark, $(date -u '+%Y-%m-%d %H:%M UTC')"
+    echo
+    echo "Command: \`$command_line\`; commit $(git rev-parse --short HEAD)$(git diff --quiet || echo ' (with uncommitted changes)')."
+    echo "Machine: $(nproc) cores ($(lscpu | sed -n 's/^Model name: *//p' | head -1)), $(free -g | awk '/^Mem:/ { print $2 }') GiB;"
+    echo "$(psql -X -t -A -h 127.0.0.1 -p "$port" -U postgres -d bench -c 'SELECT version()' | cut -d, -f1);"
+    echo "shared_buffers $shared_buffers, fsync on, synchronous_commit on (the server default); $clients clients,"
+    echo "$seconds s per measurement, $rounds round(s) in rotating order."
+    echo
+    echo "## Heartbeats"
+    echo
+    echo "| active sessions | variant | heartbeats/s | latency avg ms | latency p99 ms | HOT share | WAL bytes / heartbeat |"
+    echo "|---:|---|---:|---:|---:|---:|---:|"
+    for sessions in "${sizes[@]}"; do
+        for variant in "${variants[@]}"; do
+            read -r avg p99 <<<"$(latency_stats "$out/latency-$sessions-$variant.ms")"
+            awk -F'\t' -v s="$sessions" -v v="$variant" -v avg="$avg" -v p99="$p99" '
+                $1 == s && $2 == v { tps += $4; n++; tx += $5; upd += $6; hot += $7; wal += $8 }
+                END {
+                    hotshare = upd > 0 ? sprintf("%.1f %%", 100 * hot / upd) : "-"
+                    printf "| %d | %s | %.0f | %s | %s | %s | %.0f |\n", s, v, tps / n, avg, p99, hotshare, wal / tx
+                }' "$hb_tsv"
+        done
+    done
+    echo
+    echo "| active sessions | extension / seed | extension / hand-written | extension / hand-written async | extension / limit |"
+    echo "|---:|---:|---:|---:|---:|"
+    for sessions in "${sizes[@]}"; do
+        awk -F'\t' -v s="$sessions" '
+            $1 == s { tps[$2] += $4; n[$2]++ }
+            END {
+                e = tps["extension"] / n["extension"]
+                printf "| %d | %.2f | %.2f | %.2f | %.2f |\n", s, e / (tps["seed"] / n["seed"]),
+                    e / (tps["handwritten"] / n["handwritten"]),
+                    e / (tps["handwritten_async"] / n["handwritten_async"]), e / (tps["limit"] / n["limit"])
+            }' "$hb_tsv"
+    done
+    echo
+    echo "## Sweep: $sweep_stale stale sessions among $sweep_total"
+    echo
+    echo "| design | statements | seconds | sessions closed |"
+    echo "|---|---:|---:|---:|"
+    echo "| seed: SELECT, then one UPDATE per session | $seed_statements | $seed_sweep_s | $seed_swept |"
+    echo "| \`sweep_stale_sessions()\` | 1 | $ext_sweep_s | $ext_swept |"
+    echo
+    echo "Speed-up: $(awk -v a="$seed_sweep_s" -v b="$ext_sweep_s" 'BEGIN { printf "%.0f", a / b }')x."
+    echo
+    echo "## Join burst"
+    echo
+    echo "$entered \`enter_webinar\` calls from $clients clients: **$enters_per_s entries/s**."
+    echo
+    echo "## Statistics, one webinar with $stats_rows session rows ($viewers viewers)"
+    echo
+    echo "| query | time |"
+    echo "|---|---:|"
+    echo "| \`watch_time\` for one viewer (pgbench, 1 client, average) | $watch_time_ms ms |"
+    echo "| \`webinar_stats\` for the webinar (median of 3) | $webinar_stats_ms ms |"
+    echo
+    echo "## Capacity of this machine"
+    echo
+    awk -F'\t' -v last="${sizes[-1]}" -v burst="$enters_per_s" '
+        $1 == last && $2 == "extension" { tps += $4; n++ }
+        END {
+            hb = tps / n
+            printf "At %.0f heartbeats/s (`public.heartbeat`, %d active sessions):\n\n", hb, last
+            printf "- heartbeat every 120 s: **%.0f concurrent viewers**\n", hb * 120
+            printf "- heartbeat every 30 s: **%.0f concurrent viewers**\n", hb * 30
+            printf "- join burst absorbed in the first minute: **%.0f viewers**\n", burst * 60
+        }' "$hb_tsv"
+} >"$summary"
+cp "$cluster/server.log" "$out/server.log"
+rm -f "$out"/latency-*.ms
+echo
+cat "$summary"

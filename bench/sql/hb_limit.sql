@@ -1,0 +1,5 @@
+\set n random(1, :sessions)
+BEGIN;
+SELECT set_config('role', 'authenticated', true), set_config('request.jwt.claims', bench.claims_of(:n), true);
+SELECT 1;
+COMMIT;

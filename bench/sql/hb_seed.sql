@@ -1,0 +1,10 @@
+\set n random(1, :sessions)
+BEGIN;
+SELECT set_config('role', 'authenticated', true), set_config('request.jwt.claims', bench.claims_of(:n), true);
+SELECT id FROM bench.seed_sessions
+ WHERE webinar_id = bench.webinar_of(:n) AND session_id = 'tab-' || :n AND exited_at IS NULL \gset
+COMMIT;
+BEGIN;
+SELECT set_config('role', 'authenticated', true), set_config('request.jwt.claims', bench.claims_of(:n), true);
+UPDATE bench.seed_sessions SET last_heartbeat_at = now(), updated_at = now() WHERE id = :id;
+COMMIT;
