@@ -2,13 +2,15 @@
 //!
 //! The schema and the SQL API are hand-written in `sql/`; Rust provides what SQL does badly:
 //! settings (`guc`), reading the caller's JWT identity (`identity`), argument checks
-//! (`input`) and the background sweeper (`worker`).
+//! (`input`), the per-webinar summary aggregate (`stats`) and the background sweeper
+//! (`worker`).
 
 use pgrx::prelude::*;
 
 mod guc;
 mod identity;
 mod input;
+mod stats;
 mod worker;
 
 ::pgrx::pg_module_magic!(name, version);
@@ -39,7 +41,11 @@ extension_sql_file!(
     requires = [identity::current_user_id]
 );
 extension_sql_file!("../sql/api.sql", name = "api", requires = ["schema"]);
-extension_sql_file!("../sql/stats.sql", name = "stats", requires = ["schema"]);
+extension_sql_file!(
+    "../sql/stats.sql",
+    name = "stats",
+    requires = ["schema", "presence_summary_aggregate"]
+);
 extension_sql_file!("../sql/privileges.sql", name = "privileges", finalize);
 
 #[cfg(any(test, feature = "pg_test"))]
