@@ -79,7 +79,7 @@ q -c "CREATE EXTENSION webinar_sessions" -f bench/sql/setup.sql >/dev/null
 bench() {
     local output=$1
     shift
-    pgbench -n -h 127.0.0.1 -p "$port" -d bench "$@" >"$output" 2>&1 || {
+    pgbench -n -h 127.0.0.1 -p "$port" "$@" bench >"$output" 2>&1 || {
         echo "pgbench failed; the end of $output:" >&2
         tail -15 "$output" >&2
         exit 1

@@ -35,8 +35,8 @@ BEGIN
             webinar_sessions.enter(uuid, text, uuid), webinar_sessions.heartbeat(uuid, text, uuid),
             webinar_sessions.leave(uuid, text, uuid)
             TO authenticated;
-        GRANT SELECT ON webinar_sessions.webinar_user_sessions, webinar_sessions.presence,
-            webinar_sessions.watch_time TO authenticated;
+        GRANT SELECT ON webinar_sessions.webinar_user_sessions, webinar_sessions.session_spans,
+            webinar_sessions.presence, webinar_sessions.watch_time TO authenticated;
     END IF;
 
     IF EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'service_role') THEN
@@ -46,8 +46,8 @@ BEGIN
             TO service_role;
         GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA webinar_sessions TO service_role;
         GRANT SELECT, INSERT, UPDATE, DELETE ON webinar_sessions.webinar_user_sessions TO service_role;
-        GRANT SELECT ON webinar_sessions.sweep_runs, webinar_sessions.presence, webinar_sessions.watch_time,
-            webinar_sessions.webinar_stats TO service_role;
+        GRANT SELECT ON webinar_sessions.sweep_runs, webinar_sessions.session_spans, webinar_sessions.presence,
+            webinar_sessions.watch_time, webinar_sessions.webinar_stats TO service_role;
     END IF;
 END
 $grants$;

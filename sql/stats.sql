@@ -11,14 +11,28 @@
 -- only their own presence and watch time. The per-webinar aggregates are for service_role
 -- and the owner.
 
+-- Every session as the span of time it proves: from entered_at to its last sign of life.
+-- Open and closed sessions are read apart, as the two halves of a UNION ALL, so that a filter
+-- on webinar_id (and user_id) reaches each half's partial index: idx_wus_active or
+-- idx_wus_webinar_session_active for open sessions, idx_wus_webinar_user_watched for closed.
+CREATE VIEW webinar_sessions.session_spans WITH (security_invoker = true) AS
+SELECT webinar_id, user_id, entered_at AS started_at,
+       coalesce(last_heartbeat_at, entered_at) AS ended_at
+  FROM webinar_sessions.webinar_user_sessions
+ WHERE exited_at IS NULL
+UNION ALL
+SELECT webinar_id, user_id, entered_at, exited_at
+  FROM webinar_sessions.webinar_user_sessions
+ WHERE exited_at IS NOT NULL;
+COMMENT ON VIEW webinar_sessions.session_spans IS
+    'Each session as the time it proves present: entered_at to coalesce(exited_at, last_heartbeat_at, entered_at).';
+
 -- One row per continuous stretch of a viewer's presence in a webinar. Overlapping and
 -- touching sessions merge (gaps and islands: a session starts a new stretch only when it
 -- begins after every earlier session of that viewer has ended).
 --
--- Filters on webinar_id and user_id reach the table (they are the window partition), so
--- one viewer's presence is read through idx_wus_webinar_session_active (open sessions) and
--- idx_wus_webinar_user_watched (closed ones), and one webinar's through idx_wus_active and
--- idx_wus_webinar_user_watched.
+-- Filters on webinar_id and user_id reach session_spans (they are the window partition), so
+-- one viewer's presence is two index scans.
 CREATE VIEW webinar_sessions.presence WITH (security_invoker = true) AS
 SELECT webinar_id,
        user_id,
@@ -32,16 +46,7 @@ SELECT webinar_id,
           FROM (SELECT webinar_id, user_id, started_at, ended_at,
                        max(ended_at) OVER (PARTITION BY webinar_id, user_id ORDER BY started_at, ended_at
                                            ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS earlier_end
-                  FROM (-- Open and closed sessions apart, so that each half is read through its
-                        -- own partial index.
-                        SELECT webinar_id, user_id, entered_at AS started_at,
-                               coalesce(last_heartbeat_at, entered_at) AS ended_at
-                          FROM webinar_sessions.webinar_user_sessions
-                         WHERE exited_at IS NULL
-                        UNION ALL
-                        SELECT webinar_id, user_id, entered_at, exited_at
-                          FROM webinar_sessions.webinar_user_sessions
-                         WHERE exited_at IS NOT NULL) AS spans) AS ordered) AS numbered
+                  FROM webinar_sessions.session_spans) AS ordered) AS numbered
  GROUP BY webinar_id, user_id, stretch;
 COMMENT ON VIEW webinar_sessions.presence IS
     'Continuous stretches of a viewer''s presence in a webinar: their sessions merged, overlaps counted once.';
@@ -64,19 +69,11 @@ COMMENT ON VIEW webinar_sessions.watch_time IS
 -- every viewer's sessions and sweeping the edges of their presence in time order, is the
 -- Rust aggregate _presence_summary (src/stats.rs): one sort instead of several sorts and
 -- window passes, which keeps a webinar with a million session rows well within seconds.
--- It reads the same halves as presence, through the same partial indexes.
 CREATE VIEW webinar_sessions.webinar_stats WITH (security_invoker = true) AS
 WITH summaries AS (
     SELECT spans.webinar_id,
            webinar_sessions._presence_summary(spans.user_id, spans.started_at, spans.ended_at) AS s
-      FROM (SELECT webinar_id, user_id, entered_at AS started_at,
-                   coalesce(last_heartbeat_at, entered_at) AS ended_at
-              FROM webinar_sessions.webinar_user_sessions
-             WHERE exited_at IS NULL
-            UNION ALL
-            SELECT webinar_id, user_id, entered_at, exited_at
-              FROM webinar_sessions.webinar_user_sessions
-             WHERE exited_at IS NOT NULL) AS spans
+      FROM webinar_sessions.session_spans AS spans
      GROUP BY spans.webinar_id
 ), active AS (
     SELECT webinar_id, count(*) AS active_sessions, count(DISTINCT user_id) AS active_viewers
