@@ -81,6 +81,10 @@ COMMENT ON FUNCTION webinar_sessions.enter(uuid, text, uuid) IS
 -- flush (synchronous_commit off for this transaction only). A crash can lose the last
 -- fraction of a second of heartbeats, which moves a session's recorded end back by that
 -- much; it can never lose or corrupt a session.
+--
+-- This is the hot path, kept as lean as plpgsql allows: the checks, the setting and the
+-- durability switch are simple expressions (no SPI round), and the common case is the one
+-- UPDATE written out here; only a session that must be (re)opened goes through _mark_alive.
 CREATE FUNCTION webinar_sessions.heartbeat(webinar_id uuid, session_id text, user_id uuid DEFAULT NULL)
 RETURNS webinar_sessions.session_status
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
@@ -88,8 +92,23 @@ SET search_path = ''
 AS $$
 DECLARE
     v_user uuid := webinar_sessions._checked_user(heartbeat.webinar_id, heartbeat.session_id, heartbeat.user_id);
+    v_interval integer := webinar_sessions._heartbeat_interval_s();
+    v_async text := pg_catalog.set_config('synchronous_commit', 'off', true);
+    r webinar_sessions.session_status;
 BEGIN
-    PERFORM pg_catalog.set_config('synchronous_commit', 'off', true);
+    UPDATE webinar_sessions.webinar_user_sessions AS s
+       SET last_heartbeat_at = greatest(now(), s.entered_at),
+           updated_at = now()
+     WHERE s.webinar_id = heartbeat.webinar_id
+       AND s.user_id = v_user
+       AND s.session_id = heartbeat.session_id
+       AND s.exited_at IS NULL
+    RETURNING s.id, s.webinar_id, s.session_id, 'alive',
+              s.entered_at, s.last_heartbeat_at, s.exited_at, v_interval
+    INTO r;
+    IF FOUND THEN
+        RETURN r;
+    END IF;
     RETURN webinar_sessions._mark_alive(
         heartbeat.webinar_id, v_user, heartbeat.session_id, 'alive', 'reopened', true);
 END

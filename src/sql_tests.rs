@@ -83,6 +83,23 @@ mod tests {
     }
 
     #[pg_test]
+    fn only_heartbeats_give_up_waiting_for_the_wal_flush() {
+        let setting = || Spi::get_one::<String>("SELECT current_setting('synchronous_commit')");
+        call("enter", "tab-1");
+        assert_eq!(
+            setting(),
+            Ok(Some("on".into())),
+            "enter keeps the server's durability"
+        );
+        call("heartbeat", "tab-1");
+        assert_eq!(
+            setting(),
+            Ok(Some("off".into())),
+            "for the rest of this transaction"
+        );
+    }
+
+    #[pg_test]
     fn leave_closes_once() {
         let (_, id) = call("enter", "tab-1");
         let (status, left) = call("leave", "tab-1");
