@@ -112,6 +112,9 @@ for sessions in "${sizes[@]}"; do
         for ((i = 0; i < ${#variants[@]}; i++)); do
             variant=${variants[(i + round - 1) % ${#variants[@]}]}
             table=${table_of[$variant]}
+            # Every measurement starts right after a checkpoint, so every design pays for the
+            # full-page images of the pages it touches first, not only whichever runs first.
+            q -c "CHECKPOINT"
             before=$(wal_lsn)
             counters_before="0 0"; [ -n "$table" ] && counters_before=$(table_counters "$table")
             log="$out/hb-$sessions-$variant-r$round"
