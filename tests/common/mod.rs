@@ -214,6 +214,14 @@ impl Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
+        // A failing test leaves the cluster's files (and its log) behind for a look.
+        self.shut_down(std::thread::panicking());
+    }
+}
+
+impl Cluster {
+    /// Stops the server at once and, unless `keep_files`, removes everything it wrote.
+    fn shut_down(&self, keep_files: bool) {
         let log = self.log_path();
         let _ = run_as_owner(
             "pg_ctl",
@@ -227,7 +235,7 @@ impl Drop for Cluster {
                 "immediate",
             ],
         );
-        if !std::thread::panicking() {
+        if !keep_files {
             let _ = std::fs::remove_dir_all(&self.root);
         }
     }
@@ -345,20 +353,7 @@ extern "C" {
 
 extern "C" fn stop_shared_cluster() {
     if let Some(cluster) = SHARED.get() {
-        let log = cluster.log_path();
-        let _ = run_as_owner(
-            "pg_ctl",
-            &[
-                "-D",
-                cluster.data.to_str().unwrap(),
-                "-l",
-                log.to_str().unwrap(),
-                "stop",
-                "-m",
-                "immediate",
-            ],
-        );
-        let _ = std::fs::remove_dir_all(&cluster.root);
+        cluster.shut_down(false);
     }
 }
 
