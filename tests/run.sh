@@ -9,17 +9,34 @@ cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:/usr/lib/postgresql/15/bin:$PATH"
 
 # PostgreSQL refuses to run as root: the servers then run as an unprivileged account.
-runas=()
-pgdata=$(mktemp -d /tmp/webinar_sessions-pgrx.XXXXXX)
-trap 'rm -rf "$pgdata"' EXIT
+runas=() as_owner=()
+scratch=$(mktemp -d /tmp/webinar_sessions-tests.XXXXXX)
+trap 'rm -rf "$scratch"' EXIT
 if [ "$(id -u)" -eq 0 ]; then
     export WEBINAR_SESSIONS_TEST_OS_USER=${WEBINAR_SESSIONS_TEST_OS_USER:-postgres}
-    chown "$WEBINAR_SESSIONS_TEST_OS_USER" "$pgdata"
+    chown "$WEBINAR_SESSIONS_TEST_OS_USER" "$scratch"
     runas=(--runas "$WEBINAR_SESSIONS_TEST_OS_USER")
+    as_owner=(runuser -u "$WEBINAR_SESSIONS_TEST_OS_USER" --)
 fi
 
 # The integration tests load the extension from this machine's PostgreSQL: install the build
 # under test first, exactly as cargo pgrx test's own #[pg_test] set-up does (so that it is
 # there even when a filter skips every #[pg_test]).
 cargo pgrx install --test --pg-config /usr/bin/pg_config --no-default-features --features "pg15 pg_test"
-cargo pgrx test pg15 "${runas[@]}" --pgdata "$pgdata/data" "$@"
+cargo pgrx test pg15 "${runas[@]}" --pgdata "$scratch/pgrx-data" "$@"
+
+# Races, with PostgreSQL's own isolation tester: tests/isolation/specs/*.spec, each compared
+# with its expected output, on a temporary instance with the library preloaded.
+if [ $# -eq 0 ]; then
+    specs=$(cd tests/isolation/specs && ls ./*.spec | sed 's|^\./||; s|\.spec$||')
+    printf "shared_preload_libraries = 'webinar_sessions'\nwebinar_sessions.sweeper_enabled = off\n" \
+        >"$scratch/isolation.conf"
+    # The tester runs as the servers' account, which may not read this checkout: give it a copy.
+    cp -r tests/isolation "$scratch/isolation-input"
+    [ ${#as_owner[@]} -eq 0 ] || chown -R "$WEBINAR_SESSIONS_TEST_OS_USER" "$scratch"
+    "${as_owner[@]}" /usr/lib/postgresql/15/lib/pgxs/src/test/isolation/pg_isolation_regress \
+        --temp-instance="$scratch/isolation-instance" --temp-config="$scratch/isolation.conf" \
+        --port=$((30000 + RANDOM % 20000)) --bindir=/usr/lib/postgresql/15/bin \
+        --inputdir="$scratch/isolation-input" --outputdir="$scratch/isolation" --load-extension=webinar_sessions \
+        $specs || { cat "$scratch"/isolation/regression.diffs 2>/dev/null; exit 1; }
+fi
