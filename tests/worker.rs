@@ -34,12 +34,12 @@ fn worker_runs(client: &mut Client) -> i64 {
         .get(0)
 }
 
+const WORKER_PID: &str =
+    "SELECT pid FROM pg_stat_activity WHERE backend_type = 'webinar_sessions sweeper'";
+
 fn worker_pid(client: &mut Client) -> Option<i32> {
     client
-        .query_opt(
-            "SELECT pid FROM pg_stat_activity WHERE backend_type = 'webinar_sessions sweeper'",
-            &[],
-        )
+        .query_opt(WORKER_PID, &[])
         .unwrap()
         .map(|row| row.get(0))
 }
@@ -230,14 +230,7 @@ fn the_worker_comes_back_after_sigterm_and_after_a_crash() {
     let restarted = eventually(Duration::from_secs(15), || {
         let asked = postgres::Client::connect(&cluster.url("postgres", SUPERUSER), postgres::NoTls)
             .ok()
-            .and_then(|mut fresh| {
-                fresh
-                    .query_opt(
-                        "SELECT pid FROM pg_stat_activity WHERE backend_type = 'webinar_sessions sweeper'",
-                        &[],
-                    )
-                    .ok()
-            });
+            .and_then(|mut fresh| fresh.query_opt(WORKER_PID, &[]).ok());
         asked
             .flatten()
             .is_some_and(|row| row.get::<_, i32>(0) != second)
