@@ -28,6 +28,7 @@ LANGUAGE plpgsql VOLATILE
 AS $$
 DECLARE
     v_interval integer := webinar_sessions._heartbeat_interval_s();
+    v_tracked boolean;
     r webinar_sessions.session_status;
 BEGIN
     FOR attempt IN 1..5 LOOP
@@ -42,6 +43,8 @@ BEGIN
                   s.entered_at, s.last_heartbeat_at, s.exited_at, v_interval
         INTO r;
         IF FOUND THEN
+            v_tracked := webinar_sessions._buffer_track(r.id, p_webinar_id, p_user_id, p_session_id,
+                                                        r.entered_at, r.last_heartbeat_at);
             RETURN r;
         END IF;
 
@@ -54,6 +57,8 @@ BEGIN
                   s.entered_at, s.last_heartbeat_at, s.exited_at, v_interval
         INTO r;
         IF FOUND THEN
+            v_tracked := webinar_sessions._buffer_track(r.id, p_webinar_id, p_user_id, p_session_id,
+                                                        r.entered_at, r.last_heartbeat_at);
             RETURN r;
         END IF;
     END LOOP;
@@ -80,7 +85,13 @@ COMMENT ON FUNCTION webinar_sessions.enter(uuid, text, uuid) IS
 -- A heartbeat is a sign of life, not a payment: it commits without waiting for the WAL
 -- flush (synchronous_commit off for this transaction only). A crash can lose the last
 -- fraction of a second of heartbeats, which moves a session's recorded end back by that
--- much; it can never lose or corrupt a session.
+-- much; it can never lose or corrupt a session: a heartbeat that opens one commits durably.
+--
+-- With heartbeat_mode = buffered, a session already in the heartbeat buffer is answered
+-- from shared memory (_buffered_heartbeat): no row update, no WAL, and the worker writes
+-- the newest heartbeat of each session every flush_interval. Otherwise (direct mode, or the
+-- first heartbeat of a session, or during a sweep) the row is updated here and the session
+-- enters the buffer.
 --
 -- This is the hot path, kept as lean as plpgsql allows: the checks, the setting and the
 -- durability switch are simple expressions (no SPI round), and the common case is the one
@@ -91,11 +102,19 @@ LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = ''
 AS $$
 DECLARE
-    v_user uuid := webinar_sessions._checked_user(heartbeat.webinar_id, heartbeat.session_id, heartbeat.user_id);
-    v_interval integer := webinar_sessions._heartbeat_interval_s();
-    v_async text := pg_catalog.set_config('synchronous_commit', 'off', true);
-    r webinar_sessions.session_status;
+    r webinar_sessions.session_status :=
+        webinar_sessions._buffered_heartbeat(heartbeat.webinar_id, heartbeat.session_id, heartbeat.user_id);
+    v_user uuid;
+    v_interval integer;
+    v_async text;
+    v_tracked boolean;
 BEGIN
+    IF r.id IS NOT NULL THEN
+        RETURN r;
+    END IF;
+    v_user := webinar_sessions._checked_user(heartbeat.webinar_id, heartbeat.session_id, heartbeat.user_id);
+    v_interval := webinar_sessions._heartbeat_interval_s();
+    v_async := pg_catalog.set_config('synchronous_commit', 'off', true);
     UPDATE webinar_sessions.webinar_user_sessions AS s
        SET last_heartbeat_at = greatest(now(), s.entered_at),
            updated_at = now()
@@ -107,10 +126,18 @@ BEGIN
               s.entered_at, s.last_heartbeat_at, s.exited_at, v_interval
     INTO r;
     IF FOUND THEN
+        v_tracked := webinar_sessions._buffer_track(r.id, heartbeat.webinar_id, v_user, heartbeat.session_id,
+                                                    r.entered_at, r.last_heartbeat_at);
         RETURN r;
     END IF;
-    RETURN webinar_sessions._mark_alive(
+    r := webinar_sessions._mark_alive(
         heartbeat.webinar_id, v_user, heartbeat.session_id, 'alive', 'reopened', true);
+    IF r.status = 'reopened' THEN
+        -- A session this heartbeat opened must survive a crash like one opened by enter:
+        -- this commit waits for the WAL flush after all.
+        SET LOCAL synchronous_commit TO DEFAULT;
+    END IF;
+    RETURN r;
 END
 $$;
 COMMENT ON FUNCTION webinar_sessions.heartbeat(uuid, text, uuid) IS
@@ -124,10 +151,14 @@ AS $$
 DECLARE
     v_user uuid := webinar_sessions._checked_user(leave.webinar_id, leave.session_id, leave.user_id);
     v_interval integer := webinar_sessions._heartbeat_interval_s();
+    -- Takes the session out of the heartbeat buffer (for good when this commits), with its
+    -- newest heartbeat not yet written.
+    v_unwritten timestamptz := webinar_sessions._buffer_closing(leave.webinar_id, v_user, leave.session_id);
     r webinar_sessions.session_status;
 BEGIN
     UPDATE webinar_sessions.webinar_user_sessions AS s
-       SET exited_at = greatest(now(), s.last_heartbeat_at, s.entered_at),
+       SET exited_at = greatest(now(), s.last_heartbeat_at, v_unwritten, s.entered_at),
+           last_heartbeat_at = greatest(s.last_heartbeat_at, v_unwritten),
            exit_reason = 'left',
            updated_at = now()
      WHERE s.webinar_id = leave.webinar_id
@@ -156,28 +187,67 @@ SET search_path = ''
 AS $$
 DECLARE
     v_count bigint;
+    v_opened bigint;
 BEGIN
     PERFORM webinar_sessions._check_batch(webinar_ids, session_ids, user_ids);
     PERFORM pg_catalog.set_config('synchronous_commit', 'off', true);
-    INSERT INTO webinar_sessions.webinar_user_sessions AS s
-           (webinar_id, user_id, session_id, entered_at, last_heartbeat_at, updated_at)
-    SELECT DISTINCT b.webinar_id, b.user_id, b.session_id, now(), now(), now()
-      FROM unnest(heartbeat_batch.webinar_ids, heartbeat_batch.session_ids, heartbeat_batch.user_ids)
-           AS b(webinar_id, session_id, user_id)
-     ORDER BY 1, 2, 3
-    ON CONFLICT (webinar_id, user_id, session_id) WHERE exited_at IS NULL
-    DO UPDATE SET last_heartbeat_at = greatest(now(), s.entered_at), updated_at = now();
-    GET DIAGNOSTICS v_count = ROW_COUNT;
+    WITH marked AS (
+        INSERT INTO webinar_sessions.webinar_user_sessions AS s
+               (webinar_id, user_id, session_id, entered_at, last_heartbeat_at, updated_at)
+        SELECT DISTINCT b.webinar_id, b.user_id, b.session_id, now(), now(), now()
+          FROM unnest(heartbeat_batch.webinar_ids, heartbeat_batch.session_ids, heartbeat_batch.user_ids)
+               AS b(webinar_id, session_id, user_id)
+         ORDER BY 1, 2, 3
+        ON CONFLICT (webinar_id, user_id, session_id) WHERE exited_at IS NULL
+        DO UPDATE SET last_heartbeat_at = greatest(now(), s.entered_at), updated_at = now()
+        RETURNING s.xmax::text = '0' AS opened   -- an inserted row has no xmax
+    )
+    SELECT count(*), count(*) FILTER (WHERE marked.opened) INTO v_count, v_opened FROM marked;
+    IF v_opened > 0 THEN
+        -- Sessions opened here must survive a crash: wait for the WAL flush after all.
+        SET LOCAL synchronous_commit TO DEFAULT;
+    END IF;
     RETURN v_count;
 END
 $$;
 COMMENT ON FUNCTION webinar_sessions.heartbeat_batch(uuid[], text[], uuid[]) IS
     'Marks many sessions alive in one statement (opening those that are not active); returns how many. service_role only.';
 
--- ONE statement closes every stale session, at its last sign of life. A heartbeat that
--- commits while this runs is never lost: the UPDATE re-checks a row that changed under it
--- (READ COMMITTED's EvalPlanQual) and skips it when it is fresh; a heartbeat that comes after
--- the row was closed opens a new session.
+-- Writes the buffered heartbeats of this database to their rows in ONE statement, and
+-- returns how many rows it wrote. Flushes and sweeps are serialised by a lock on sweep_runs
+-- (nothing else takes it in this mode), so that a sweep never overtakes a flush that has
+-- collected heartbeats but not yet written them. What was written counts as written only
+-- when this transaction commits: a flush that fails loses nothing. With p_for_sweep,
+-- heartbeats bypass the buffer from the collection until this transaction ends.
+CREATE FUNCTION webinar_sessions._flush_buffer(p_for_sweep boolean)
+RETURNS bigint
+LANGUAGE plpgsql VOLATILE
+SET search_path = ''
+AS $$
+DECLARE
+    v_written uuid[];
+BEGIN
+    LOCK TABLE webinar_sessions.sweep_runs IN SHARE ROW EXCLUSIVE MODE;
+    WITH written AS (
+        UPDATE webinar_sessions.webinar_user_sessions AS s
+           SET last_heartbeat_at = greatest(s.last_heartbeat_at, b.alive_at, s.entered_at),
+               updated_at = now()
+          FROM webinar_sessions._buffer_collect(p_for_sweep) AS b
+         WHERE s.id = b.id
+           AND s.exited_at IS NULL
+        RETURNING s.id
+    )
+    SELECT pg_catalog.array_agg(written.id) INTO v_written FROM written;
+    PERFORM webinar_sessions._buffer_written(v_written);
+    RETURN coalesce(pg_catalog.cardinality(v_written), 0);
+END
+$$;
+
+-- Closes every stale session, at its last sign of life: first the buffered heartbeats are
+-- written (so a session with a buffered heartbeat is never swept), then ONE statement closes
+-- the stale ones. A heartbeat that commits while this runs is never lost: the UPDATE
+-- re-checks a row that changed under it (READ COMMITTED's EvalPlanQual) and skips it when it
+-- is fresh; a heartbeat that comes after the row was closed opens a new session.
 CREATE FUNCTION webinar_sessions._sweep(p_stale_after interval, p_source text)
 RETURNS bigint
 LANGUAGE plpgsql VOLATILE
@@ -185,15 +255,22 @@ SET search_path = ''
 AS $$
 DECLARE
     v_started timestamptz := clock_timestamp();
+    v_closed uuid[];
     v_swept bigint;
 BEGIN
-    UPDATE webinar_sessions.webinar_user_sessions AS s
-       SET exited_at = coalesce(s.last_heartbeat_at, s.entered_at),
-           exit_reason = 'swept',
-           updated_at = now()
-     WHERE s.exited_at IS NULL
-       AND coalesce(s.last_heartbeat_at, s.entered_at) < now() - p_stale_after;
-    GET DIAGNOSTICS v_swept = ROW_COUNT;
+    PERFORM webinar_sessions._flush_buffer(true);
+    WITH closed AS (
+        UPDATE webinar_sessions.webinar_user_sessions AS s
+           SET exited_at = coalesce(s.last_heartbeat_at, s.entered_at),
+               exit_reason = 'swept',
+               updated_at = now()
+         WHERE s.exited_at IS NULL
+           AND coalesce(s.last_heartbeat_at, s.entered_at) < now() - p_stale_after
+        RETURNING s.id
+    )
+    SELECT pg_catalog.array_agg(closed.id) INTO v_closed FROM closed;
+    v_swept := coalesce(pg_catalog.cardinality(v_closed), 0);
+    PERFORM webinar_sessions._buffer_swept(v_closed);
     PERFORM webinar_sessions._record_sweep(v_started, v_swept, p_source, p_stale_after, NULL);
     RETURN v_swept;
 END
@@ -219,10 +296,13 @@ LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = ''
 AS $$
 BEGIN
-    IF stale_after <= interval '0' THEN
+    -- Checked the way the sweep applies it, by calendar arithmetic: as a comparison of
+    -- intervals (a month = 30 days) '-1 year 364 days' would pass for positive and then
+    -- reach into the future.
+    IF now() - stale_after >= now() THEN
         RAISE EXCEPTION 'stale_after must be positive (got %)', stale_after
             USING ERRCODE = 'invalid_parameter_value';
-    ELSIF stale_after > interval '365 days' THEN
+    ELSIF now() - stale_after < now() - interval '365 days' THEN
         RAISE EXCEPTION 'stale_after must be at most 365 days (got %)', stale_after
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
@@ -259,6 +339,37 @@ BEGIN
 END
 $$;
 
+CREATE FUNCTION webinar_sessions.flush_heartbeats()
+RETURNS bigint
+LANGUAGE sql VOLATILE SECURITY DEFINER
+SET search_path = ''
+AS $$
+    SELECT webinar_sessions._flush_buffer(false);
+$$;
+COMMENT ON FUNCTION webinar_sessions.flush_heartbeats() IS
+    'Writes the buffered heartbeats of this database to the table now (the worker does it every flush_interval); returns how many sessions it wrote. service_role only.';
+
+-- What the worker runs every flush_interval. A failed flush loses nothing (the next one
+-- writes the same heartbeats); it is logged, not raised.
+CREATE FUNCTION webinar_sessions._worker_flush()
+RETURNS bigint
+LANGUAGE plpgsql VOLATILE
+SET search_path = ''
+AS $$
+BEGIN
+    RETURN webinar_sessions._flush_buffer(false);
+EXCEPTION WHEN OTHERS THEN
+    RAISE WARNING 'webinar_sessions: flushing buffered heartbeats failed: %', SQLERRM;
+    RETURN NULL;
+END
+$$;
+
+-- The heartbeat buffer: its size, use and flushes. The mode is the calling session's.
+CREATE VIEW webinar_sessions.buffer_stats AS
+    SELECT * FROM webinar_sessions._buffer_stats();
+COMMENT ON VIEW webinar_sessions.buffer_stats IS
+    'The heartbeat buffer (heartbeat_mode = buffered): capacity, sessions held, sessions with heartbeats not yet written, memory, heartbeats answered from it, fallbacks to direct because it was full, flushes.';
+
 -- The client-facing API, for supabase.rpc(). Named parameters are part of the API:
 -- PostgREST passes the JSON keys as named arguments.
 CREATE FUNCTION public.enter_webinar(webinar_id uuid, session_id text)
@@ -272,11 +383,19 @@ $$;
 COMMENT ON FUNCTION public.enter_webinar(uuid, text) IS
     'webinar_sessions: the signed-in viewer enters a webinar (status entered or resumed).';
 
+-- The buffered path is tried here first, as the caller: it reads and writes only shared
+-- memory, so it needs no SECURITY DEFINER switch.
 CREATE FUNCTION public.heartbeat(webinar_id uuid, session_id text)
 RETURNS webinar_sessions.session_status
 LANGUAGE plpgsql VOLATILE SECURITY INVOKER
 AS $$
+DECLARE
+    r webinar_sessions.session_status :=
+        webinar_sessions._buffered_heartbeat(heartbeat.webinar_id, heartbeat.session_id, NULL);
 BEGIN
+    IF r.id IS NOT NULL THEN
+        RETURN r;
+    END IF;
     RETURN webinar_sessions.heartbeat(heartbeat.webinar_id, heartbeat.session_id);
 END
 $$;

@@ -62,6 +62,35 @@ CREATE POLICY wus_read_own ON webinar_sessions.webinar_user_sessions
     FOR SELECT
     USING (user_id = (SELECT webinar_sessions.current_user_id()));
 
+-- Rows deleted or truncated behind the API's back leave the heartbeat buffer (see
+-- src/buffer.rs), so that it never answers for a session that is gone.
+CREATE FUNCTION webinar_sessions._forget_deleted() RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = ''
+AS $$
+BEGIN
+    PERFORM webinar_sessions._buffer_forget((SELECT pg_catalog.array_agg(gone.id) FROM gone), false);
+    RETURN NULL;
+END
+$$;
+CREATE TRIGGER wus_forget_deleted
+    AFTER DELETE ON webinar_sessions.webinar_user_sessions
+    REFERENCING OLD TABLE AS gone
+    FOR EACH STATEMENT EXECUTE FUNCTION webinar_sessions._forget_deleted();
+
+CREATE FUNCTION webinar_sessions._forget_truncated() RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = ''
+AS $$
+BEGIN
+    PERFORM webinar_sessions._buffer_forget(NULL, true);
+    RETURN NULL;
+END
+$$;
+CREATE TRIGGER wus_forget_truncated
+    AFTER TRUNCATE ON webinar_sessions.webinar_user_sessions
+    FOR EACH STATEMENT EXECUTE FUNCTION webinar_sessions._forget_truncated();
+
 -- One row per sweep, from the worker or a manual call. The newest 1000 are kept.
 CREATE TABLE webinar_sessions.sweep_runs (
     id          uuid        PRIMARY KEY DEFAULT gen_random_uuid(),

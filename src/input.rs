@@ -70,7 +70,11 @@ fn check_session_id<'a>(session_id: Option<&'a str>, name: &str) -> &'a str {
 /// Checks the arguments of enter / heartbeat / leave and returns the user the call acts for.
 /// One call does both so that the hot path crosses into Rust once.
 #[pg_extern(stable, parallel_safe, name = "_checked_user")]
-fn checked_user(webinar_id: Option<Uuid>, session_id: Option<&str>, user_id: Option<Uuid>) -> Uuid {
+pub fn checked_user(
+    webinar_id: Option<Uuid>,
+    session_id: Option<&str>,
+    user_id: Option<Uuid>,
+) -> Uuid {
     check_id(webinar_id, "webinar_id");
     check_session_id(session_id, "session_id");
     acting_user(user_id)

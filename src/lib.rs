@@ -7,6 +7,7 @@
 
 use pgrx::prelude::*;
 
+mod buffer;
 mod guc;
 mod identity;
 mod input;
@@ -17,8 +18,11 @@ mod worker;
 
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
-    guc::register();
-    if unsafe { pg_sys::process_shared_preload_libraries_in_progress } {
+    let preloaded = unsafe { pg_sys::process_shared_preload_libraries_in_progress };
+    guc::register(preloaded);
+    buffer::register_transaction_callbacks();
+    if preloaded {
+        buffer::register_shared_memory();
         worker::register();
     }
 }
@@ -40,7 +44,11 @@ extension_sql_file!(
     name = "schema",
     requires = [identity::current_user_id]
 );
-extension_sql_file!("../sql/api.sql", name = "api", requires = ["schema"]);
+extension_sql_file!(
+    "../sql/api.sql",
+    name = "api",
+    requires = ["schema", buffer::buffer_stats]
+);
 extension_sql_file!(
     "../sql/stats.sql",
     name = "stats",

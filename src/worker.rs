@@ -6,8 +6,12 @@
 //! on SIGHUP, and leaves promptly on SIGTERM. Each sweep runs in its own transaction through
 //! `webinar_sessions._worker_sweep()`, which records the run (or its error) in
 //! `webinar_sessions.sweep_runs`.
+//!
+//! It also writes the heartbeat buffer to the table every `webinar_sessions.flush_interval`
+//! (whether or not sweeping is enabled): in its own database itself, in any other database
+//! that has buffered heartbeats through a short-lived worker connected there.
 
-use crate::guc;
+use crate::{buffer, guc};
 use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, SignalWakeFlags};
 use pgrx::prelude::*;
 use std::time::{Duration, Instant};
@@ -30,6 +34,10 @@ fn sweep_interval() -> Duration {
     Duration::from_secs(guc::SWEEP_INTERVAL.get().max(1) as u64)
 }
 
+fn flush_interval() -> Duration {
+    Duration::from_secs(guc::FLUSH_INTERVAL.get().max(1) as u64)
+}
+
 #[pg_guard]
 #[unsafe(no_mangle)]
 pub extern "C-unwind" fn webinar_sessions_sweeper_main(_arg: pg_sys::Datum) {
@@ -41,12 +49,15 @@ pub extern "C-unwind" fn webinar_sessions_sweeper_main(_arg: pg_sys::Datum) {
     log!("webinar_sessions sweeper started in database \"{database}\"");
 
     let mut last_sweep: Option<Instant> = None;
+    let mut last_flush = Instant::now();
     let mut waiting_for_extension = false;
     loop {
-        // Computed afresh on every wake-up, so a reloaded sweep_interval counts from the
-        // last sweep.
+        // Computed afresh on every wake-up, so reloaded intervals count from the last run.
         let next_sweep = last_sweep.map_or_else(Instant::now, |at| at + sweep_interval());
-        let wait = next_sweep.saturating_duration_since(Instant::now());
+        let next_flush = last_flush + flush_interval();
+        let wait = next_sweep
+            .min(next_flush)
+            .saturating_duration_since(Instant::now());
         if !wait.is_zero() {
             if !BackgroundWorker::wait_latch(Some(wait)) {
                 break; // SIGTERM or postmaster death
@@ -54,6 +65,14 @@ pub extern "C-unwind" fn webinar_sessions_sweeper_main(_arg: pg_sys::Datum) {
             if BackgroundWorker::sighup_received() {
                 unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
             }
+            continue;
+        }
+        if Instant::now() >= next_flush {
+            last_flush = Instant::now();
+            BackgroundWorker::transaction(flush_if_installed);
+            flush_other_databases();
+        }
+        if Instant::now() < next_sweep {
             continue;
         }
         last_sweep = Some(Instant::now());
@@ -72,6 +91,14 @@ pub extern "C-unwind" fn webinar_sessions_sweeper_main(_arg: pg_sys::Datum) {
             }
         }
     }
+    // wait_latch returned false: SIGTERM (it has consumed the flag) or the postmaster's death
+    // (then this process has been handed to another parent).
+    if std::os::unix::process::parent_id() == unsafe { pg_sys::PostmasterPid } as u32 {
+        // A planned stop (or pg_terminate_backend): write what the buffer holds, so that a
+        // clean shutdown loses no heartbeat. The postmaster waits for this before its
+        // shutdown checkpoint.
+        BackgroundWorker::transaction(flush_if_installed);
+    }
     log!("webinar_sessions sweeper exiting");
     // Exit code 1 asks the postmaster to start the worker again: after an administrator's
     // pg_terminate_backend or a DROP DATABASE ... WITH (FORCE) it comes back on its own. At
@@ -79,26 +106,77 @@ pub extern "C-unwind" fn webinar_sessions_sweeper_main(_arg: pg_sys::Datum) {
     unsafe { pg_sys::proc_exit(1) };
 }
 
-/// Sweeps once if the extension is installed; returns whether it is.
-fn sweep_if_installed() -> bool {
-    let installed = Spi::get_one::<bool>(
+fn extension_installed() -> bool {
+    Spi::get_one::<bool>(
         "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_extension WHERE extname = 'webinar_sessions')",
     )
     .ok()
     .flatten()
-    .unwrap_or(false);
+    .unwrap_or(false)
+}
+
+/// Runs `query` (one of the extension's worker functions) as the worker's current activity.
+fn run_reported(query: &'static std::ffi::CStr) {
+    unsafe {
+        pg_sys::pgstat_report_activity(pg_sys::BackendState::STATE_RUNNING, query.as_ptr());
+    }
+    // Errors inside are caught (and recorded or logged) by the worker functions themselves.
+    if let Err(e) = Spi::get_one::<i64>(query.to_str().expect("ASCII")) {
+        log!("webinar_sessions: {query:?} failed: {e}");
+    }
+    unsafe { pg_sys::pgstat_report_activity(pg_sys::BackendState::STATE_IDLE, std::ptr::null()) };
+}
+
+/// Sweeps once if the extension is installed; returns whether it is.
+fn sweep_if_installed() -> bool {
+    let installed = extension_installed();
     if installed {
-        unsafe {
-            pg_sys::pgstat_report_activity(
-                pg_sys::BackendState::STATE_RUNNING,
-                c"SELECT webinar_sessions._worker_sweep()".as_ptr(),
-            );
-        }
-        // Errors inside the sweep are caught and recorded by _worker_sweep itself.
-        let _ = Spi::get_one::<i64>("SELECT webinar_sessions._worker_sweep()");
-        unsafe {
-            pg_sys::pgstat_report_activity(pg_sys::BackendState::STATE_IDLE, std::ptr::null())
-        };
+        run_reported(c"SELECT webinar_sessions._worker_sweep()");
     }
     installed
+}
+
+/// Writes this database's buffered heartbeats; without the extension, forgets them.
+fn flush_if_installed() {
+    if extension_installed() {
+        run_reported(c"SELECT webinar_sessions._worker_flush()");
+    } else {
+        buffer::forget_database();
+    }
+}
+
+/// Heartbeats buffered in other databases are written by a short-lived worker connected to
+/// each of them in turn (a worker stays in one database for life).
+fn flush_other_databases() {
+    let here = unsafe { pg_sys::MyDatabaseId };
+    for database in buffer::databases_to_flush(here) {
+        let launched = BackgroundWorkerBuilder::new("webinar_sessions flush")
+            .set_type("webinar_sessions flush")
+            .set_library("webinar_sessions")
+            .set_function("webinar_sessions_flush_main")
+            .set_argument(Some(pg_sys::Datum::from(database.to_u32())))
+            .enable_spi_access()
+            .set_notify_pid(unsafe { pg_sys::MyProcPid })
+            .load_dynamic();
+        match launched {
+            Ok(worker) => {
+                let _ = worker.wait_for_shutdown();
+            }
+            Err(e) => {
+                log!("webinar_sessions: no worker slot to flush database {database:?}: {e:?}");
+                return;
+            }
+        }
+    }
+}
+
+#[pg_guard]
+#[unsafe(no_mangle)]
+pub extern "C-unwind" fn webinar_sessions_flush_main(arg: pg_sys::Datum) {
+    BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGTERM);
+    let database = pg_sys::Oid::from(arg.value() as u32);
+    unsafe {
+        pg_sys::BackgroundWorkerInitializeConnectionByOid(database, pg_sys::InvalidOid, 0);
+    }
+    BackgroundWorker::transaction(flush_if_installed);
 }
