@@ -23,13 +23,23 @@ fi
 # under test first, exactly as cargo pgrx test's own #[pg_test] set-up does (so that it is
 # there even when a filter skips every #[pg_test]).
 cargo pgrx install --test --pg-config /usr/bin/pg_config --no-default-features --features "pg15 pg_test"
+# The install scripts of earlier releases, for tests/upgrade.rs (cargo pgrx installs only the
+# current one and the upgrade scripts).
+cp sql/webinar_sessions--0.1.0.sql "$(pg_config --sharedir)/extension/"
+# Everything, with heartbeat_mode at its default for a preloaded library: buffered.
 cargo pgrx test pg15 "${runas[@]}" --pgdata "$scratch/pgrx-data" "$@"
+
+# The suites of the client API once more with heartbeat_mode = direct.
+if [ $# -eq 0 ]; then
+    WEBINAR_SESSIONS_TEST_HEARTBEAT_MODE=direct cargo test --no-default-features --features "pg15 pg_test" \
+        --test api --test hostile --test stats --test worker
+fi
 
 # Races, with PostgreSQL's own isolation tester: tests/isolation/specs/*.spec, each compared
 # with its expected output, on a temporary instance with the library preloaded.
 if [ $# -eq 0 ]; then
     specs=$(cd tests/isolation/specs && ls ./*.spec | sed 's|^\./||; s|\.spec$||')
-    printf "shared_preload_libraries = 'webinar_sessions'\nwebinar_sessions.sweeper_enabled = off\n" \
+    printf "shared_preload_libraries = 'webinar_sessions'\nwebinar_sessions.sweeper_enabled = off\nwebinar_sessions.flush_interval = '1h'\n" \
         >"$scratch/isolation.conf"
     # The tester runs as the servers' account, which may not read this checkout: give it a copy.
     cp -r tests/isolation "$scratch/isolation-input"
@@ -39,4 +49,10 @@ if [ $# -eq 0 ]; then
         --port=$((30000 + RANDOM % 20000)) --bindir=/usr/lib/postgresql/15/bin \
         --inputdir="$scratch/isolation-input" --outputdir="$scratch/isolation" --load-extension=webinar_sessions \
         $specs || { cat "$scratch"/isolation/regression.diffs 2>/dev/null; exit 1; }
+fi
+
+# Supabase's linter (splinter, through the Supabase CLI's `db advisors`) must find nothing on
+# the extension's objects.
+if [ $# -eq 0 ]; then
+    tests/splinter.sh
 fi

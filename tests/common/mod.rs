@@ -126,6 +126,10 @@ impl Cluster {
             "shared_preload_libraries = 'webinar_sessions'".into(),
             "log_min_messages = log".into(),
         ];
+        // tests/run.sh runs the API suites once per heartbeat mode.
+        if let Ok(mode) = std::env::var("WEBINAR_SESSIONS_TEST_HEARTBEAT_MODE") {
+            conf.push(format!("webinar_sessions.heartbeat_mode = '{mode}'"));
+        }
         conf.extend(settings.iter().map(|s| s.to_string()));
         cluster.append_conf(&conf.join("\n"));
         cluster.pg_ctl(&["start", "-w", "-t", "60"]);
@@ -332,6 +336,14 @@ fn arg_type(name: &str) -> &'static str {
     }
 }
 
+/// Writes buffered heartbeats to the table (a no-op in direct mode), so that what a test reads
+/// from the table is what the API answered.
+pub fn settle(client: &mut Client) {
+    client
+        .execute("SELECT webinar_sessions.flush_heartbeats()", &[])
+        .expect("flush_heartbeats");
+}
+
 /// The full contents of the session table, in a stable order: to show that a failed call
 /// wrote nothing.
 pub fn table_fingerprint(client: &mut Client) -> String {
@@ -358,12 +370,129 @@ extern "C" fn stop_shared_cluster() {
 }
 
 /// One cluster shared by all tests of a test binary (each test uses its own database); it is
-/// stopped when the binary exits. The worker is disabled in it: these tests drive sweeps
-/// themselves.
+/// stopped when the binary exits. The worker is idle in it: these tests drive sweeps and
+/// flushes (`settle`) themselves.
 pub fn shared_cluster(name: &str) -> &'static Cluster {
     SHARED.get_or_init(|| {
-        let cluster = Cluster::start(name, &["webinar_sessions.sweeper_enabled = off"]);
+        let cluster = Cluster::start(
+            name,
+            &[
+                "webinar_sessions.sweeper_enabled = off",
+                "webinar_sessions.flush_interval = '1h'",
+            ],
+        );
         unsafe { atexit(stop_shared_cluster) };
         cluster
     })
+}
+
+// Stopping and starting a cluster again, a hot standby of it, and calls that may meet a server
+// going away (tests/faults.rs).
+
+impl Cluster {
+    /// `pg_ctl stop -m <mode>` (`smart`, `fast` or `immediate`); returns once the server is down.
+    pub fn stop(&self, mode: &str) {
+        self.pg_ctl(&["stop", "-m", mode, "-w", "-t", "60"]);
+    }
+
+    /// Starts a stopped server again (through crash recovery after an immediate stop) and
+    /// returns once it accepts connections.
+    pub fn start_again(&self) {
+        self.pg_ctl(&["start", "-w", "-t", "60"]);
+    }
+
+    /// A streaming hot standby of this cluster, started: `pg_basebackup -R` (initdb -A trust
+    /// lets 127.0.0.1 connect for replication), the primary's postgresql.conf with a port of
+    /// its own and `settings` appended.
+    pub fn standby(&self, name: &str, settings: &[&str]) -> Cluster {
+        let root = std::env::temp_dir()
+            .join("webinar_sessions-clusters")
+            .join(format!("{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        std::fs::create_dir_all(&root).unwrap();
+        if let Some(user) = os_user() {
+            check(
+                Command::new("chown")
+                    .args([&user, root.to_str().unwrap()])
+                    .output()
+                    .unwrap(),
+                "chown",
+            );
+        }
+        let data = root.join("data");
+        let port = self.port.to_string();
+        check(
+            run_as_owner(
+                "pg_basebackup",
+                &[
+                    "-D",
+                    data.to_str().unwrap(),
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    &port,
+                    "-U",
+                    SUPERUSER,
+                    "-R",
+                    "-X",
+                    "stream",
+                    "-c",
+                    "fast",
+                    "--no-sync",
+                ],
+            ),
+            "pg_basebackup",
+        );
+        let standby = Cluster {
+            port: free_port(),
+            root,
+            data,
+        };
+        let mut conf = vec![format!("port = {}", standby.port)];
+        conf.extend(settings.iter().map(|s| s.to_string()));
+        standby.append_conf(&conf.join("\n"));
+        standby.pg_ctl(&["start", "-w", "-t", "60"]);
+        standby
+    }
+
+    /// Promotes a standby and returns once it accepts writes.
+    pub fn promote(&self) {
+        self.pg_ctl(&["promote", "-w", "-t", "60"]);
+    }
+}
+
+/// `rpc` for a server that may go away mid-call: every failure comes back as an error (the
+/// connection's, or the database's) instead of a panic, so that the caller can tell an
+/// acknowledged call (`Ok`: committed, and the client heard so) from one whose fate it does
+/// not know.
+pub fn try_rpc(
+    client: &mut Client,
+    role: &str,
+    claims: Option<&str>,
+    function: &str,
+    args: &[(&str, &str)],
+) -> Result<serde_json::Value, postgres::Error> {
+    let mut tx = client.transaction()?;
+    tx.batch_execute(&format!("SET LOCAL ROLE {role}"))?;
+    if let Some(claims) = claims {
+        tx.execute(
+            "SELECT set_config('request.jwt.claims', $1, true)",
+            &[&claims],
+        )?;
+    }
+    let values: Vec<&(dyn postgres::types::ToSql + Sync)> = args
+        .iter()
+        .map(|(_, v)| v as &(dyn postgres::types::ToSql + Sync))
+        .collect();
+    let sql = format!(
+        "SELECT to_jsonb(r)::text FROM {function}({}) AS r",
+        args.iter()
+            .enumerate()
+            .map(|(i, (name, _))| format!("{name} => ${}::text::{}", i + 1, arg_type(name)))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let json: String = tx.query_one(&sql, &values)?.get(0);
+    tx.commit()?;
+    Ok(serde_json::from_str(&json).unwrap())
 }
