@@ -64,6 +64,8 @@ max_wal_size = 8GB
 checkpoint_timeout = 30min
 shared_preload_libraries = 'webinar_sessions'
 webinar_sessions.sweeper_enabled = off
+webinar_sessions.database = 'bench'
+webinar_sessions.buffer_capacity = 200000
 EOF
 stop_cluster() {
     "${runas[@]}" pg_ctl -D "$cluster/data" -m fast stop >/dev/null 2>&1 || true
@@ -76,6 +78,10 @@ q() { psql -X -q -t -A -h 127.0.0.1 -p "$port" -U postgres -d bench -v ON_ERROR_
 psql -X -q -h 127.0.0.1 -p "$port" -U postgres -d postgres -c "CREATE DATABASE bench" \
     -f tests/supabase_roles.sql >/dev/null
 q -c "CREATE EXTENSION webinar_sessions" -f bench/sql/setup.sql >/dev/null
+# PostgREST's login role, once per heartbeat mode: the mode is a setting of the connection.
+q -c "CREATE ROLE authenticator_direct LOGIN NOINHERIT IN ROLE authenticated" \
+  -c "ALTER ROLE authenticator_direct SET webinar_sessions.heartbeat_mode = 'direct'" \
+  -c "ALTER ROLE authenticator SET webinar_sessions.heartbeat_mode = 'buffered'" >/dev/null
 
 # pgbench "$output_file" args...: fails the run, showing why, when pgbench fails.
 bench() {
@@ -101,14 +107,23 @@ wal_bytes_since() { q -c "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '$1')"; }
 
 echo "Benchmark: $seconds s per measurement, $rounds rounds, $clients clients; results in $out"
 
-# 1 and 2. Heartbeats per second, HOT share, WAL per heartbeat.
-variants=(seed handwritten handwritten_async extension limit)
+# 1 and 2. Heartbeats per second, HOT share, WAL per heartbeat. `direct` and `buffered` are
+# public.heartbeat in each heartbeat_mode; the buffered one includes the worker's flushes.
+variants=(seed handwritten handwritten_async direct buffered limit)
 declare -A table_of=([seed]=bench.seed_sessions [handwritten]=bench.seed_sessions
-    [handwritten_async]=bench.seed_sessions [extension]=webinar_sessions.webinar_user_sessions [limit]=)
+    [handwritten_async]=bench.seed_sessions [direct]=webinar_sessions.webinar_user_sessions
+    [buffered]=webinar_sessions.webinar_user_sessions [limit]=)
+declare -A script_of=([direct]=extension [buffered]=extension)
+declare -A login_of=([direct]=authenticator_direct)
 hb_tsv="$out/heartbeats.tsv"
 printf 'sessions\tvariant\tround\ttps\ttransactions\tupdates\thot\twal_bytes\n' >"$hb_tsv"
 for sessions in "${sizes[@]}"; do
     q -c "SELECT bench.load_active($sessions)" >/dev/null
+    # Every session heartbeats once, so that the buffer knows them all (as it would after the
+    # first two minutes of a webinar).
+    q -c "SET webinar_sessions.heartbeat_mode = 'buffered'" \
+      -c "SELECT count(webinar_sessions.heartbeat(webinar_id, session_id, user_id))
+            FROM webinar_sessions.webinar_user_sessions WHERE exited_at IS NULL" >/dev/null
     q -c "VACUUM ANALYZE webinar_sessions.webinar_user_sessions" -c "VACUUM ANALYZE bench.seed_sessions" -c "CHECKPOINT"
     for ((round = 1; round <= rounds; round++)); do
         for ((i = 0; i < ${#variants[@]}; i++)); do
@@ -121,7 +136,8 @@ for sessions in "${sizes[@]}"; do
             counters_before="0 0"; [ -n "$table" ] && counters_before=$(table_counters "$table")
             log="$out/hb-$sessions-$variant-r$round"
             bench "$log.txt" -M prepared -c "$clients" -j 2 -T "$seconds" -D sessions="$sessions" \
-                -U authenticator -f "bench/sql/hb_$variant.sql" --log --log-prefix="$log"
+                -U "${login_of[$variant]:-authenticator}" -f "bench/sql/hb_${script_of[$variant]:-$variant}.sql" \
+                --log --log-prefix="$log"
             wal=$(wal_bytes_since "$before")
             sleep 1 # the backends that just ended flush their statistics on exit
             counters_after="0 0"; [ -n "$table" ] && counters_after=$(table_counters "$table")
@@ -137,6 +153,8 @@ for sessions in "${sizes[@]}"; do
         done
     done
 done
+
+buffer_after=$(q -c "SELECT format('%s of %s sessions held (%s bytes of shared memory each), %s heartbeats answered from it, %s fallbacks to direct, %s flushes writing %s rows, the last in %s ms', used, capacity, bytes_per_session, buffered_heartbeats, fallbacks, flushes, flushed_rows, round(last_flush_ms::numeric, 1)) FROM webinar_sessions.buffer_stats")
 
 # 3. The sweep: 50,000 stale sessions among 500,000.
 load_sweep() {
@@ -229,18 +247,23 @@ echo "  statistics: watch_time ${watch_time_ms} ms, webinar_stats over $stats_ro
         done
     done
     echo
-    echo "| active sessions | extension / seed | extension / hand-written | extension / hand-written async | extension / limit |"
-    echo "|---:|---:|---:|---:|---:|"
+    echo "| active sessions | mode | ÷ seed | ÷ hand-written | ÷ hand-written async | ÷ limit | buffered ÷ direct |"
+    echo "|---:|---|---:|---:|---:|---:|---:|"
     for sessions in "${sizes[@]}"; do
-        awk -F'\t' -v s="$sessions" '
-            $1 == s { tps[$2] += $4; n[$2]++ }
-            END {
-                e = tps["extension"] / n["extension"]
-                printf "| %d | %.2f | %.2f | %.2f | %.2f |\n", s, e / (tps["seed"] / n["seed"]),
-                    e / (tps["handwritten"] / n["handwritten"]),
-                    e / (tps["handwritten_async"] / n["handwritten_async"]), e / (tps["limit"] / n["limit"])
-            }' "$hb_tsv"
+        for mode in direct buffered; do
+            awk -F'\t' -v s="$sessions" -v m="$mode" '
+                $1 == s { tps[$2] += $4; n[$2]++ }
+                END {
+                    e = tps[m] / n[m]
+                    printf "| %d | %s | %.2f | %.2f | %.2f | %.2f | %s |\n", s, m, e / (tps["seed"] / n["seed"]),
+                        e / (tps["handwritten"] / n["handwritten"]),
+                        e / (tps["handwritten_async"] / n["handwritten_async"]), e / (tps["limit"] / n["limit"]),
+                        m == "buffered" ? sprintf("%.2f", e / (tps["direct"] / n["direct"])) : "-"
+                }' "$hb_tsv"
+        done
     done
+    echo
+    echo "The heartbeat buffer after these runs: $buffer_after."
     echo
     echo "## Sweep: $sweep_stale stale sessions among $sweep_total"
     echo
@@ -264,15 +287,18 @@ echo "  statistics: watch_time ${watch_time_ms} ms, webinar_stats over $stats_ro
     echo
     echo "## Capacity of this machine"
     echo
-    awk -F'\t' -v last="${sizes[-1]}" -v burst="$enters_per_s" '
-        $1 == last && $2 == "extension" { tps += $4; n++ }
-        END {
-            hb = tps / n
-            printf "At %.0f heartbeats/s (`public.heartbeat`, %d active sessions):\n\n", hb, last
-            printf "- heartbeat every 120 s: **%.0f concurrent viewers**\n", hb * 120
-            printf "- heartbeat every 30 s: **%.0f concurrent viewers**\n", hb * 30
-            printf "- join burst absorbed in the first minute: **%.0f viewers**\n", burst * 60
-        }' "$hb_tsv"
+    for mode in buffered direct; do
+        awk -F'\t' -v last="${sizes[-1]}" -v burst="$enters_per_s" -v m="$mode" '
+            $1 == last && $2 == m { tps += $4; n++ }
+            END {
+                hb = tps / n
+                printf "heartbeat_mode = %s, at %.0f heartbeats/s (`public.heartbeat`, %d active sessions):\n\n", m, hb, last
+                printf "- heartbeat every 120 s: **%.0f concurrent viewers**\n", hb * 120
+                printf "- heartbeat every 30 s: **%.0f concurrent viewers**\n", hb * 30
+                if (m == "buffered") printf "- join burst absorbed in the first minute: **%.0f viewers**\n", burst * 60
+                printf "\n"
+            }' "$hb_tsv"
+    done
 } >"$summary"
 cp "$cluster/server.log" "$out/server.log"
 rm -f "$out"/latency-*.ms
