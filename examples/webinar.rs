@@ -482,8 +482,16 @@ fn report(admin: &mut Client, args: &Args, started_at: &str, ended_at: &str) -> 
             &[],
         )
         .unwrap();
+    let buffer: String = admin
+        .query_one(
+            "SELECT format('%s / %s / %s', mode, buffered_heartbeats, flushes)
+               FROM webinar_sessions.buffer_stats",
+            &[],
+        )
+        .unwrap()
+        .get(0);
     let _ = writeln!(out, "ATTENDANCE REPORT, webinar {WEBINAR_ID}\n");
-    let fields: [(&str, String); 10] = [
+    let fields: [(&str, String); 11] = [
         ("viewers (distinct)", stats.get::<_, i64>(0).to_string()),
         (
             "sessions (tabs, devices, rejoins)",
@@ -518,6 +526,7 @@ fn report(admin: &mut Client, args: &Args, started_at: &str, ended_at: &str) -> 
                 runs.get::<_, i64>(2)
             ),
         ),
+        ("heartbeats: mode / from the buffer / flushes", buffer),
     ];
     for (name, value) in fields {
         let _ = writeln!(out, "  {name:<40} {value}");

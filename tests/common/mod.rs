@@ -73,6 +73,25 @@ fn check(output: Output, what: &str) -> String {
     text
 }
 
+/// An empty folder for a cluster's files, owned by the servers' account.
+fn fresh_root(name: &str) -> PathBuf {
+    let root = std::env::temp_dir()
+        .join("webinar_sessions-clusters")
+        .join(format!("{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    std::fs::create_dir_all(&root).unwrap();
+    if let Some(user) = os_user() {
+        check(
+            Command::new("chown")
+                .args([&user, root.to_str().unwrap()])
+                .output()
+                .unwrap(),
+            "chown",
+        );
+    }
+    root
+}
+
 fn free_port() -> u16 {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     listener.local_addr().unwrap().port()
@@ -81,20 +100,7 @@ fn free_port() -> u16 {
 impl Cluster {
     /// initdb and start a cluster; `settings` are appended to postgresql.conf.
     pub fn start(name: &str, settings: &[&str]) -> Cluster {
-        let root = std::env::temp_dir()
-            .join("webinar_sessions-clusters")
-            .join(format!("{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&root);
-        std::fs::create_dir_all(&root).unwrap();
-        if let Some(user) = os_user() {
-            check(
-                Command::new("chown")
-                    .args([&user, root.to_str().unwrap()])
-                    .output()
-                    .unwrap(),
-                "chown",
-            );
-        }
+        let root = fresh_root(name);
         let data = root.join("data");
         check(
             run_as_owner(
@@ -405,20 +411,7 @@ impl Cluster {
     /// lets 127.0.0.1 connect for replication), the primary's postgresql.conf with a port of
     /// its own and `settings` appended.
     pub fn standby(&self, name: &str, settings: &[&str]) -> Cluster {
-        let root = std::env::temp_dir()
-            .join("webinar_sessions-clusters")
-            .join(format!("{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&root);
-        std::fs::create_dir_all(&root).unwrap();
-        if let Some(user) = os_user() {
-            check(
-                Command::new("chown")
-                    .args([&user, root.to_str().unwrap()])
-                    .output()
-                    .unwrap(),
-                "chown",
-            );
-        }
+        let root = fresh_root(name);
         let data = root.join("data");
         let port = self.port.to_string();
         check(
