@@ -369,6 +369,18 @@ unsafe extern "C-unwind" fn at_transaction_end(
     let commit = match event {
         pg_sys::XactEvent::XACT_EVENT_COMMIT => true,
         pg_sys::XactEvent::XACT_EVENT_ABORT => false,
+        // The buffer's changes are applied by the backend that made them, at its commit; a
+        // prepared transaction would commit elsewhere, later. Refuse (the abort that follows
+        // undoes them).
+        pg_sys::XactEvent::XACT_EVENT_PRE_PREPARE => {
+            if !PENDING.with(|p| p.borrow().is_empty()) {
+                raise(
+                    pgrx::PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
+                    "cannot PREPARE a transaction that has called webinar_sessions' heartbeat, leave or sweep functions",
+                );
+            }
+            return;
+        }
         _ => return,
     };
     let pending = PENDING.with(|p| std::mem::take(&mut *p.borrow_mut()));

@@ -663,3 +663,29 @@ fn rows_removed_behind_the_api_leave_the_buffer() {
         "alive"
     );
 }
+
+/// The buffer's changes are applied at commit by the backend that made them; a prepared
+/// transaction would commit elsewhere, later. PREPARE is refused, and nothing is applied.
+#[test]
+fn a_transaction_that_used_the_buffer_cannot_be_prepared() {
+    let cluster = buffered_cluster("buffer-prepare", &["max_prepared_transactions = 2"]);
+    let mut admin = cluster.supabase_database("prepare");
+    let (viewer, webinar) = (uuid(31), uuid(1300));
+    let error = admin
+        .batch_execute(&format!(
+            "BEGIN;
+             SELECT webinar_sessions.enter('{webinar}', 'tab', '{viewer}');
+             PREPARE TRANSACTION 'webinar';"
+        ))
+        .expect_err("PREPARE was accepted");
+    let error = error.as_db_error().expect("a database error").clone();
+    assert_eq!(error.code().code(), "0A000", "{error}");
+    assert!(error.message().contains("cannot PREPARE"), "{error}");
+    let _ = admin.batch_execute("ROLLBACK");
+    assert_eq!(stat(&mut admin, "used"), 0);
+    // A transaction that did not touch the buffer prepares as usual.
+    admin
+        .batch_execute("BEGIN; SELECT 1; PREPARE TRANSACTION 'plain'")
+        .unwrap();
+    admin.batch_execute("COMMIT PREPARED 'plain'").unwrap();
+}
