@@ -803,14 +803,14 @@ fn buffer_forget(ids: Option<Array<Uuid>>, all: bool) {
     });
 }
 
-/// Drops every entry of this database (the worker, when the extension is not installed).
-pub fn forget_database() {
+/// Drops every entry of a database (the worker, when the extension is not installed there or
+/// the database is gone).
+pub fn forget_database(database: pg_sys::Oid) {
     let Some(shared) = shared() else { return };
-    let database = unsafe { pg_sys::MyDatabaseId }.to_u32();
     let locked = Locked::new(shared, true);
     let gone: Vec<Key> = locked
         .entries()
-        .filter(|e| e.key.database == database && e.closing_pid == 0)
+        .filter(|e| e.key.database == database.to_u32() && e.closing_pid == 0)
         .map(|e| e.key)
         .collect();
     for key in &gone {
@@ -818,21 +818,24 @@ pub fn forget_database() {
     }
 }
 
-/// Databases other than `except` that have heartbeats waiting to be written.
-pub fn databases_to_flush(except: pg_sys::Oid) -> Vec<pg_sys::Oid> {
+/// Databases other than `except` that have entries in the buffer, each with whether some of
+/// its heartbeats wait to be written.
+pub fn other_databases(except: pg_sys::Oid) -> Vec<(pg_sys::Oid, bool)> {
     let Some(shared) = shared() else {
         return Vec::new();
     };
     let locked = Locked::new(shared, false);
-    let mut databases: Vec<u32> = locked
-        .entries()
-        .filter(|e| e.alive_at.load(Ordering::Acquire) > e.flushed_at)
-        .map(|e| e.key.database)
-        .filter(|&d| d != except.to_u32())
-        .collect();
-    databases.sort_unstable();
-    databases.dedup();
-    databases.into_iter().map(pg_sys::Oid::from).collect()
+    let mut databases = std::collections::BTreeMap::<u32, bool>::new();
+    for e in locked.entries() {
+        if e.key.database != except.to_u32() {
+            let dirty = e.alive_at.load(Ordering::Acquire) > e.flushed_at;
+            *databases.entry(e.key.database).or_default() |= dirty;
+        }
+    }
+    databases
+        .into_iter()
+        .map(|(database, dirty)| (pg_sys::Oid::from(database), dirty))
+        .collect()
 }
 
 /// What `webinar_sessions.buffer_stats` shows.

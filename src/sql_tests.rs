@@ -100,6 +100,23 @@ mod tests {
     }
 
     #[pg_test]
+    fn a_heartbeat_that_opens_a_session_commits_durably() {
+        let setting = || Spi::get_one::<String>("SELECT current_setting('synchronous_commit')");
+        let (status, _) = call("heartbeat", "never-entered");
+        assert_eq!(status, "reopened");
+        assert_eq!(
+            setting(),
+            Ok(Some("on".into())),
+            "a new session must survive a crash"
+        );
+        Spi::run(&format!(
+            "SELECT webinar_sessions.heartbeat_batch(ARRAY[{WEBINAR}], ARRAY['batch-opened'], ARRAY[{VIEWER}])"
+        ))
+        .unwrap();
+        assert_eq!(setting(), Ok(Some("on".into())), "nor one a batch opened");
+    }
+
+    #[pg_test]
     fn leave_closes_once() {
         let (_, id) = call("enter", "tab-1");
         let (status, left) = call("leave", "tab-1");

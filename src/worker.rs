@@ -141,15 +141,33 @@ fn flush_if_installed() {
     if extension_installed() {
         run_reported(c"SELECT webinar_sessions._worker_flush()");
     } else {
-        buffer::forget_database();
+        buffer::forget_database(unsafe { pg_sys::MyDatabaseId });
     }
 }
 
 /// Heartbeats buffered in other databases are written by a short-lived worker connected to
-/// each of them in turn (a worker stays in one database for life).
+/// each of them in turn (a worker stays in one database for life); the entries of a database
+/// that was dropped are forgotten.
 fn flush_other_databases() {
     let here = unsafe { pg_sys::MyDatabaseId };
-    for database in buffer::databases_to_flush(here) {
+    for (database, dirty) in buffer::other_databases(here) {
+        // A database dropped with heartbeats still buffered: nothing to write them to.
+        let exists = BackgroundWorker::transaction(|| {
+            Spi::get_one::<bool>(&format!(
+                "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_database WHERE oid = {})",
+                database.to_u32()
+            ))
+            .ok()
+            .flatten()
+            .unwrap_or(true)
+        });
+        if !exists {
+            buffer::forget_database(database);
+            continue;
+        }
+        if !dirty {
+            continue;
+        }
         let launched = BackgroundWorkerBuilder::new("webinar_sessions flush")
             .set_type("webinar_sessions flush")
             .set_library("webinar_sessions")

@@ -152,6 +152,24 @@ fn the_worker_flushes_every_flush_interval() {
         "the worker did not write the buffered heartbeat"
     );
     assert_eq!(stat(&mut admin, "dirty"), 0);
+
+    // A database dropped with sessions in the buffer: the worker forgets them.
+    let mut doomed = cluster.supabase_database("doomed");
+    {
+        let mut api = cluster.connect_as("doomed", "authenticator");
+        enter(&mut api, &viewer, &webinar, "tab");
+        heartbeat(&mut api, &viewer, &webinar, "tab");
+    }
+    assert_eq!(stat(&mut doomed, "used"), 2);
+    drop(doomed);
+    cluster
+        .connect("postgres")
+        .batch_execute("DROP DATABASE doomed WITH (FORCE)")
+        .unwrap();
+    assert!(
+        eventually(Duration::from_secs(10), || stat(&mut admin, "used") == 1),
+        "the entries of a dropped database stayed in the buffer"
+    );
 }
 
 #[test]
@@ -478,6 +496,7 @@ fn a_crash_costs_at_most_one_flush_interval() {
     assert!(eventually(Duration::from_secs(30), || {
         std::process::Command::new("kill")
             .args(["-0", &pid])
+            .stderr(std::process::Stdio::null())
             .status()
             .map(|s| !s.success())
             .unwrap_or(true)
