@@ -1059,22 +1059,6 @@ fn analytics(client: &mut Client, webinar: &str, starts: &str, ends: &str) -> Ve
     results
 }
 
-const STALE_ROW: &str = "INSERT INTO webinar_sessions.webinar_user_sessions
-        (webinar_id, user_id, session_id, entered_at, last_heartbeat_at)
-    VALUES ('00000000-0000-4000-8000-000000000064', '00000000-0000-4000-8000-000000000001',
-            'stale', now() - interval '1 hour', now() - interval '30 min')";
-
-fn stale_row_swept(client: &mut Client) -> bool {
-    client
-        .query_one(
-            "SELECT coalesce(bool_and(exit_reason = 'swept'), false)
-               FROM webinar_sessions.webinar_user_sessions WHERE session_id = 'stale'",
-            &[],
-        )
-        .unwrap()
-        .get(0)
-}
-
 #[test]
 fn a_hot_standby_reads_refuses_writes_and_runs_no_sweeper_until_promoted() {
     let primary = start_cluster("faults-primary", "replica", &[DIRECT_HEARTBEATS]);

@@ -8,22 +8,6 @@ use common::*;
 use postgres::Client;
 use std::time::{Duration, Instant};
 
-const STALE_ROW: &str = "INSERT INTO webinar_sessions.webinar_user_sessions
-        (webinar_id, user_id, session_id, entered_at, last_heartbeat_at)
-    VALUES ('00000000-0000-4000-8000-000000000064', '00000000-0000-4000-8000-000000000001',
-            'stale', now() - interval '1 hour', now() - interval '30 min')";
-
-fn stale_row_swept(client: &mut Client) -> bool {
-    client
-        .query_one(
-            "SELECT coalesce(bool_and(exit_reason = 'swept'), false)
-               FROM webinar_sessions.webinar_user_sessions WHERE session_id = 'stale'",
-            &[],
-        )
-        .unwrap()
-        .get(0)
-}
-
 fn worker_runs(client: &mut Client) -> i64 {
     client
         .query_one(

@@ -350,6 +350,24 @@ pub fn settle(client: &mut Client) {
         .expect("flush_heartbeats");
 }
 
+/// A session silent for 30 minutes, which any sweep closes (tests of the worker).
+pub const STALE_ROW: &str = "INSERT INTO webinar_sessions.webinar_user_sessions
+        (webinar_id, user_id, session_id, entered_at, last_heartbeat_at)
+    VALUES ('00000000-0000-4000-8000-000000000064', '00000000-0000-4000-8000-000000000001',
+            'stale', now() - interval '1 hour', now() - interval '30 min')";
+
+/// Whether the row that `STALE_ROW` inserted has been swept.
+pub fn stale_row_swept(client: &mut Client) -> bool {
+    client
+        .query_one(
+            "SELECT coalesce(bool_and(exit_reason = 'swept'), false)
+               FROM webinar_sessions.webinar_user_sessions WHERE session_id = 'stale'",
+            &[],
+        )
+        .unwrap()
+        .get(0)
+}
+
 /// The full contents of the session table, in a stable order: to show that a failed call
 /// wrote nothing.
 pub fn table_fingerprint(client: &mut Client) -> String {
