@@ -99,6 +99,32 @@ struct Entry {
     _padding: i32,
 }
 
+impl Entry {
+    /// Fills a slot: a new one from `hash_search` (uninitialised beyond its key) or one
+    /// whose contents are replaced.
+    fn fill(
+        slot: &mut Entry,
+        key: Key,
+        row_id: [u8; 16],
+        entered_at: i64,
+        alive_at: i64,
+        closing_pid: i32,
+    ) {
+        let slot: *mut Entry = slot;
+        unsafe {
+            slot.write(Entry {
+                key,
+                row_id,
+                entered_at,
+                alive_at: AtomicI64::new(alive_at),
+                flushed_at: alive_at,
+                closing_pid,
+                _padding: 0,
+            })
+        };
+    }
+}
+
 const NO_TIME: i64 = i64::MIN;
 
 #[repr(C)]
@@ -233,16 +259,19 @@ impl<'a> Locked<'a> {
         Locked { shared }
     }
 
+    fn search(
+        &self,
+        key: &Key,
+        action: pg_sys::HASHACTION::Type,
+        found: *mut bool,
+    ) -> Option<&'a mut Entry> {
+        let entry =
+            unsafe { pg_sys::hash_search(TABLE, (key as *const Key).cast(), action, found) };
+        unsafe { (entry as *mut Entry).as_mut() }
+    }
+
     fn find(&self, key: &Key) -> Option<&'a mut Entry> {
-        let entry = unsafe {
-            pg_sys::hash_search(
-                TABLE,
-                (key as *const Key).cast(),
-                pg_sys::HASHACTION::HASH_FIND,
-                std::ptr::null_mut(),
-            )
-        } as *mut Entry;
-        unsafe { entry.as_mut() }
+        self.search(key, pg_sys::HASHACTION::HASH_FIND, std::ptr::null_mut())
     }
 
     /// Exclusive lock only. `None` when there is no memory left for another entry.
@@ -254,26 +283,24 @@ impl<'a> Locked<'a> {
             return None;
         }
         let mut found = false;
-        let entry = unsafe {
-            pg_sys::hash_search(
-                TABLE,
-                (key as *const Key).cast(),
-                pg_sys::HASHACTION::HASH_ENTER_NULL,
-                &mut found,
-            )
-        } as *mut Entry;
-        unsafe { entry.as_mut() }.map(|entry| (entry, found))
+        self.search(key, pg_sys::HASHACTION::HASH_ENTER_NULL, &mut found)
+            .map(|entry| (entry, found))
     }
 
     fn remove(&self, key: &Key) {
-        unsafe {
-            pg_sys::hash_search(
-                TABLE,
-                (key as *const Key).cast(),
-                pg_sys::HASHACTION::HASH_REMOVE,
-                std::ptr::null_mut(),
-            )
-        };
+        self.search(key, pg_sys::HASHACTION::HASH_REMOVE, std::ptr::null_mut());
+    }
+
+    /// Removes every entry for which `doomed` holds (exclusive lock only).
+    fn remove_where(&self, doomed: impl Fn(&Entry) -> bool) {
+        let keys: Vec<Key> = self
+            .entries()
+            .filter(|e| doomed(e))
+            .map(|e| e.key)
+            .collect();
+        for key in &keys {
+            self.remove(key);
+        }
     }
 
     fn len(&self) -> i64 {
@@ -510,15 +537,9 @@ fn apply_commit(locked: &Locked, pending: &Pending) {
     let swept: HashSet<&[u8; 16]> = pending.swept.iter().flat_map(|(_, s)| s).collect();
     if !swept.is_empty() || pending.forget_all {
         let database = unsafe { pg_sys::MyDatabaseId }.to_u32();
-        let gone: Vec<Key> = locked
-            .entries()
-            .filter(|e| e.key.database == database)
-            .filter(|e| pending.forget_all || swept.contains(&e.row_id))
-            .map(|e| e.key)
-            .collect();
-        for key in &gone {
-            locked.remove(key);
-        }
+        locked.remove_where(|e| {
+            e.key.database == database && (pending.forget_all || swept.contains(&e.row_id))
+        });
     }
 }
 
@@ -542,19 +563,7 @@ fn track(locked: &Locked, row: &Opened) -> bool {
         return true;
     }
     // A new entry, or one that still named an older row of the same key.
-    let key = row.key;
-    let entry_ptr: *mut Entry = entry;
-    unsafe {
-        entry_ptr.write(Entry {
-            key,
-            row_id: row.row_id,
-            entered_at: row.entered_at,
-            alive_at: AtomicI64::new(row.alive_at),
-            flushed_at: row.alive_at,
-            closing_pid: 0,
-            _padding: 0,
-        })
-    };
+    Entry::fill(entry, row.key, row.row_id, row.entered_at, row.alive_at, 0);
     true
 }
 
@@ -572,13 +581,14 @@ fn buffered_heartbeat(
     user_id: Option<Uuid>,
     fcinfo: pg_sys::FunctionCallInfo,
 ) -> Option<pgrx::composite_type!('static, "session_status")> {
-    let user = checked_user(webinar_id, session_id, user_id);
-    if !buffering() {
+    // Not buffering: the caller's direct path checks the arguments (once).
+    if guc::heartbeat_mode() != guc::HeartbeatMode::Buffered {
         return None;
     }
+    let shared = available()?;
+    let user = checked_user(webinar_id, session_id, user_id);
     let (webinar_id, session_id) = (webinar_id?, session_id?);
     let key = Key::new(&webinar_id, &user, session_id)?;
-    let shared = available()?;
     let (row_id, entered_at, alive_at) = {
         let locked = Locked::new(shared, false);
         if shared.sweeping_pid.load(Ordering::Acquire) != 0 {
@@ -681,18 +691,7 @@ fn buffer_closing(
         return None;
     };
     if !existed {
-        let entry_ptr: *mut Entry = entry;
-        unsafe {
-            entry_ptr.write(Entry {
-                key,
-                row_id: [0; 16],
-                entered_at: NO_TIME,
-                alive_at: AtomicI64::new(NO_TIME),
-                flushed_at: NO_TIME,
-                closing_pid: me,
-                _padding: 0,
-            })
-        };
+        Entry::fill(entry, key, [0; 16], NO_TIME, NO_TIME, me);
     } else if entry.closing_pid != 0 && entry.closing_pid != me {
         // Another leave of the same session is under way: it holds the row; ours will wait
         // for it on the row lock and find the session closed.
@@ -726,14 +725,7 @@ fn buffer_collect(
             shared.sweeping_pid.store(me, Ordering::Release);
         }
         // Entries left behind by a dropped extension's table.
-        let orphans: Vec<Key> = locked
-            .entries()
-            .filter(|e| e.key.database == database && e.key.table != table)
-            .map(|e| e.key)
-            .collect();
-        for key in &orphans {
-            locked.remove(key);
-        }
+        locked.remove_where(|e| e.key.database == database && e.key.table != table);
         locked
             .entries()
             .filter(|e| e.key.database == database && e.row_id != [0; 16])
@@ -807,15 +799,8 @@ fn buffer_forget(ids: Option<Array<Uuid>>, all: bool) {
 /// the database is gone).
 pub fn forget_database(database: pg_sys::Oid) {
     let Some(shared) = shared() else { return };
-    let locked = Locked::new(shared, true);
-    let gone: Vec<Key> = locked
-        .entries()
-        .filter(|e| e.key.database == database.to_u32() && e.closing_pid == 0)
-        .map(|e| e.key)
-        .collect();
-    for key in &gone {
-        locked.remove(key);
-    }
+    Locked::new(shared, true)
+        .remove_where(|e| e.key.database == database.to_u32() && e.closing_pid == 0);
 }
 
 /// Databases other than `except` that have entries in the buffer, each with whether some of
