@@ -116,16 +116,6 @@ pub fn register(preloaded: bool) {
         GucFlags::UNIT_S,
     );
     GucRegistry::define_int_guc(
-        c"webinar_sessions.buffer_capacity",
-        c"How many sessions the heartbeat buffer holds (shared memory, about 200 bytes each).",
-        c"When it is full, heartbeats of the sessions that do not fit take the direct path.",
-        &BUFFER_CAPACITY,
-        16,
-        50_000_000,
-        GucContext::Postmaster,
-        GucFlags::default(),
-    );
-    GucRegistry::define_int_guc(
         c"webinar_sessions.heartbeat_interval",
         c"How often clients should send a heartbeat.",
         c"Returned to clients as heartbeat_interval_s by enter_webinar and heartbeat, so raising it slows every client down without a new client release.",
@@ -163,14 +153,29 @@ pub fn register(preloaded: bool) {
         GucContext::Sighup,
         GucFlags::default(),
     );
-    GucRegistry::define_string_guc(
-        c"webinar_sessions.database",
-        c"The database in which the background worker sweeps.",
-        c"The extension must be installed there; the worker waits until it is.",
-        &DATABASE,
-        GucContext::Postmaster,
-        GucFlags::default(),
-    );
+    // Settings read only at server start exist only when the library is preloaded: PostgreSQL
+    // refuses (with FATAL) to define one later, from CREATE EXTENSION or LOAD. Without
+    // preloading there is no buffer and no worker for them to configure.
+    if preloaded {
+        GucRegistry::define_int_guc(
+            c"webinar_sessions.buffer_capacity",
+            c"How many sessions the heartbeat buffer holds (shared memory, about 200 bytes each).",
+            c"When it is full, heartbeats of the sessions that do not fit take the direct path.",
+            &BUFFER_CAPACITY,
+            16,
+            50_000_000,
+            GucContext::Postmaster,
+            GucFlags::default(),
+        );
+        GucRegistry::define_string_guc(
+            c"webinar_sessions.database",
+            c"The database in which the background worker sweeps.",
+            c"The extension must be installed there; the worker waits until it is.",
+            &DATABASE,
+            GucContext::Postmaster,
+            GucFlags::default(),
+        );
+    }
     // Reject misspelt settings such as webinar_sessions.stale_aftr.
     unsafe { pgrx::pg_sys::MarkGUCPrefixReserved(c"webinar_sessions".as_ptr()) };
 }

@@ -155,3 +155,178 @@ fn dump_and_restore_keep_every_session() {
     .unwrap();
     assert_eq!(alive["status"], "alive");
 }
+
+/// A notice-collecting connection (the NOTICE of `heartbeat_mode = buffered` without preloading).
+fn connect_with_notices(
+    cluster: &Cluster,
+    database: &str,
+) -> (Client, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    use std::str::FromStr;
+    let notices = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = notices.clone();
+    let client = postgres::Config::from_str(&cluster.url(database, SUPERUSER))
+        .unwrap()
+        .notice_callback(move |notice| sink.lock().unwrap().push(notice.message().to_string()))
+        .connect(postgres::NoTls)
+        .unwrap();
+    (client, notices)
+}
+
+fn show(client: &mut Client, setting: &str) -> Result<String, String> {
+    client
+        .query_one(&format!("SHOW {setting}"), &[])
+        .map(|row| row.get(0))
+        .map_err(|e| {
+            e.as_db_error()
+                .map_or(e.to_string(), |d| d.code().code().to_string())
+        })
+}
+
+fn buffer_mode(client: &mut Client) -> (String, i64) {
+    let row = client
+        .query_one(
+            "SELECT mode, capacity FROM webinar_sessions.buffer_stats",
+            &[],
+        )
+        .unwrap();
+    (row.get(0), row.get(1))
+}
+
+/// Without shared_preload_libraries the library is loaded late: by CREATE EXTENSION, by the
+/// first call in each new backend, by LOAD, or through session_preload_libraries. Each must
+/// keep the connection, define no server-start setting, and give the whole API in direct mode.
+#[test]
+fn loads_late_without_preloading_and_works_in_direct_mode() {
+    let cluster = Cluster::start(
+        "late_load",
+        // The last line of postgresql.conf wins: this server does not preload the library.
+        &["shared_preload_libraries = ''"],
+    );
+    let mut client = cluster.supabase_database("late");
+    client
+        .batch_execute("SELECT 1")
+        .expect("the connection survives CREATE EXTENSION");
+
+    // A new backend loads the library at its first call.
+    let (mut client, notices) = connect_with_notices(&cluster, "late");
+    assert_eq!(buffer_mode(&mut client), ("direct".into(), 0));
+    assert_eq!(
+        show(&mut client, "webinar_sessions.stale_after").unwrap(),
+        "5min"
+    );
+    // Server-start settings are not defined (as pg_stat_statements does without preloading).
+    assert_eq!(
+        show(&mut client, "webinar_sessions.buffer_capacity"),
+        Err("42704".into())
+    );
+    assert_eq!(
+        show(&mut client, "webinar_sessions.database"),
+        Err("42704".into())
+    );
+    // Asking for buffered heartbeats says why they stay direct.
+    client
+        .batch_execute("SET webinar_sessions.heartbeat_mode = buffered")
+        .unwrap();
+    let said = notices.lock().unwrap().join("\n");
+    assert!(
+        said.contains("needs the library in shared_preload_libraries"),
+        "no NOTICE for buffered without preloading: {said:?}"
+    );
+    assert_eq!(buffer_mode(&mut client).0, "direct");
+
+    // The client API, the sweep by hand and the statistics, as PostgREST calls them.
+    let mut api = cluster.connect_as("late", "authenticator");
+    let (webinar, viewer) = (uuid(100), uuid(1));
+    let call = |api: &mut Client, function: &str| {
+        rpc(
+            api,
+            "authenticated",
+            Some(&claims_for(&viewer)),
+            function,
+            &[("webinar_id", &webinar), ("session_id", "tab")],
+        )
+        .unwrap_or_else(|e| panic!("{function}: {e}"))["status"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(call(&mut api, "public.enter_webinar"), "entered");
+    assert_eq!(call(&mut api, "public.heartbeat"), "alive");
+    let stored: bool = client
+        .query_one(
+            "SELECT last_heartbeat_at IS NOT NULL FROM webinar_sessions.webinar_user_sessions",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert!(stored, "a direct heartbeat writes its row");
+    client
+        .batch_execute(
+            "UPDATE webinar_sessions.webinar_user_sessions
+                SET entered_at = entered_at - interval '1 hour', last_heartbeat_at = last_heartbeat_at - interval '1 hour'",
+        )
+        .unwrap();
+    let swept: i64 = client
+        .query_one(
+            "SELECT webinar_sessions.sweep_stale_sessions('10 minutes')",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(swept, 1);
+    assert_eq!(call(&mut api, "public.heartbeat"), "reopened");
+    assert_eq!(call(&mut api, "public.leave_webinar"), "left");
+    let viewers: i64 = client
+        .query_one("SELECT viewers FROM webinar_sessions.webinar_stats", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(viewers, 1);
+
+    // LOAD by a superuser, in a backend that has not loaded it yet.
+    let mut loader = cluster.connect("late");
+    loader.batch_execute("LOAD 'webinar_sessions'").unwrap();
+    assert_eq!(buffer_mode(&mut loader), ("direct".into(), 0));
+
+    // session_preload_libraries: loaded at each backend's start, still not preloaded.
+    for sql in [
+        "ALTER SYSTEM SET session_preload_libraries = 'webinar_sessions'",
+        "SELECT pg_reload_conf()",
+    ] {
+        client.batch_execute(sql).unwrap();
+    }
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let mut session = cluster.connect("late");
+    assert_eq!(
+        show(&mut session, "webinar_sessions.heartbeat_mode").unwrap(),
+        "direct"
+    );
+    assert_eq!(
+        show(&mut session, "webinar_sessions.buffer_capacity"),
+        Err("42704".into())
+    );
+    assert_eq!(call(&mut api, "public.enter_webinar"), "entered");
+
+    // shared_preload_libraries changed by ALTER SYSTEM takes a restart; until then new
+    // backends still load the library late.
+    for sql in [
+        "ALTER SYSTEM RESET session_preload_libraries",
+        "ALTER SYSTEM SET shared_preload_libraries = 'webinar_sessions'",
+        "SELECT pg_reload_conf()",
+    ] {
+        client.batch_execute(sql).unwrap();
+    }
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let mut reloaded = cluster.connect("late");
+    assert_eq!(buffer_mode(&mut reloaded), ("direct".into(), 0));
+    drop((client, api, loader, session, reloaded));
+    cluster.stop("fast");
+    cluster.start_again();
+    let mut restarted = cluster.connect("late");
+    let (mode, capacity) = buffer_mode(&mut restarted);
+    assert_eq!(mode, "buffered", "preloaded after the restart");
+    assert!(capacity > 0);
+    assert_eq!(
+        show(&mut restarted, "webinar_sessions.buffer_capacity").unwrap(),
+        "100000"
+    );
+}
