@@ -13,19 +13,29 @@
 //! The rules that keep the buffer from ever answering `alive` for a session that is closed:
 //! * an entry is added only for a row that is known to be active, when the transaction that
 //!   found or opened it commits (commit callbacks run before its row locks are released);
-//! * `leave` marks the entry "closing" before it closes the row, and the entry goes away when
-//!   the leave commits (or is reinstated when it aborts); a closing entry is never served and
-//!   blocks new entries for the key;
-//! * a sweep raises a flag, under the exclusive lock, at the moment it collects the buffered
-//!   heartbeats it will write; while the flag is up every heartbeat takes the direct path (row
+//! * `leave` counts itself into the entry's `closers` before it closes the row (several leaves
+//!   of one session may be under way at once, in different backends); an entry with closers is
+//!   never served and blocks new entries for the key; each leave takes itself out when it
+//!   ends, and the entry goes with the last one when a leave committed;
+//! * a sweep (or a DELETE/TRUNCATE behind the API's back) counts itself into `sweeps`, under the
+//!   exclusive lock, at the moment it collects the buffered heartbeats it will write; while any
+//!   sweep is counted every heartbeat takes the direct path (row
 //!   locks decide the race as they do without the buffer), and the entries of the rows it
-//!   closed are removed before the flag drops at its commit;
+//!   closed are removed before it counts itself out at its commit;
+//! * a buffered heartbeat belongs to its transaction: it is answered at once, but recorded in
+//!   the entry only when its transaction commits (at PRE_COMMIT, under the shared lock). If a
+//!   sweep that began since is still open, or the entry has changed, the commit fails with 40001 and the
+//!   client retries; a rolled-back or prepared heartbeat is never recorded. In a read-only
+//!   transaction the buffer is not used, so a heartbeat fails there as it does in direct mode;
 //! * flushes and sweeps are serialised (they lock `sweep_runs`), and a flush marks what it
 //!   wrote as written only when it commits, so an aborted flush loses nothing: the next one
 //!   writes it.
 //!
-//! Nothing here is durable: after a crash the buffer starts empty and the heartbeats since
-//! the last flush are gone (at most `webinar_sessions.flush_interval` of them).
+//! After a clean shutdown the postmaster saves the buffer to `pg_stat/webinar_sessions.buffer`
+//! (as pg_stat_statements saves its counters) and the next start loads it, so the heartbeats
+//! of databases the worker could not flush on its way out are written after the restart.
+//! After a crash the buffer starts empty: the heartbeats since the last flush are gone (at
+//! most `webinar_sessions.flush_interval` of them).
 
 use crate::guc;
 use crate::input::{checked_user, raise};
@@ -35,7 +45,7 @@ use pgrx::PgTupleDesc;
 use pgrx::Uuid;
 use std::cell::RefCell;
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicI32, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicI64, AtomicU32, Ordering};
 
 /// Session ids up to this many bytes are buffered; longer ones (legal up to 128 characters)
 /// always take the direct path.
@@ -94,8 +104,8 @@ struct Entry {
     entered_at: i64,
     alive_at: AtomicI64,
     flushed_at: i64,
-    /// Non-zero while a leave in that backend is closing the session.
-    closing_pid: i32,
+    /// How many leaves of this session are under way (in any backend).
+    closers: i32,
     _padding: i32,
 }
 
@@ -108,7 +118,7 @@ impl Entry {
         row_id: [u8; 16],
         entered_at: i64,
         alive_at: i64,
-        closing_pid: i32,
+        closers: i32,
     ) {
         let slot: *mut Entry = slot;
         unsafe {
@@ -118,7 +128,7 @@ impl Entry {
                 entered_at,
                 alive_at: AtomicI64::new(alive_at),
                 flushed_at: alive_at,
-                closing_pid,
+                closers,
                 _padding: 0,
             })
         };
@@ -131,8 +141,14 @@ const NO_TIME: i64 = i64::MIN;
 struct Shared {
     lock: *mut pg_sys::LWLock,
     capacity: i64,
-    /// Non-zero while that backend's sweep runs (under the exclusive lock).
-    sweeping_pid: AtomicI32,
+    /// How many transactions are sweeping (or deleting rows behind the API's back) now;
+    /// changed under the exclusive lock.
+    sweeps: AtomicI32,
+    /// When the worker first started after this memory was set up (server start or restart
+    /// after a crash): the sweeper's grace period counts from there.
+    ready_at: AtomicI64,
+    /// Databases that have a flusher worker now (0: a free slot).
+    flushers: [AtomicU32; MAX_FLUSHERS],
     /// Leaves that could not place a "closing" mark for lack of memory: while non-zero no
     /// entry is added.
     unmarked_closings: AtomicI32,
@@ -200,7 +216,9 @@ unsafe extern "C-unwind" fn create_shared_memory() {
             shared.write(Shared {
                 lock: &raw mut (*pg_sys::GetNamedLWLockTranche(TRANCHE.as_ptr())).lock,
                 capacity,
-                sweeping_pid: AtomicI32::new(0),
+                sweeps: AtomicI32::new(0),
+                ready_at: AtomicI64::new(0),
+                flushers: [const { AtomicU32::new(0) }; MAX_FLUSHERS],
                 unmarked_closings: AtomicI32::new(0),
                 buffered: AtomicI64::new(0),
                 fallbacks: AtomicI64::new(0),
@@ -226,7 +244,95 @@ unsafe extern "C-unwind" fn create_shared_memory() {
         pg_sys::LWLockRelease(addin_lock);
         SHARED = shared;
         TABLE = table;
+        if !pg_sys::IsUnderPostmaster {
+            // The postmaster, at server start or after a crash: load what a clean shutdown
+            // saved, and save the buffer again when this server stops cleanly.
+            if !found {
+                load_saved_buffer(capacity);
+            }
+            pg_sys::on_shmem_exit(Some(save_buffer), pg_sys::Datum::from(0));
+        }
     }
+}
+
+/// Where a clean shutdown leaves the buffer, relative to the data directory.
+const SAVED_BUFFER: &str = "pg_stat/webinar_sessions.buffer";
+const SAVED_MAGIC: &[u8; 8] = b"WSBUF001";
+const SAVED_RECORD: usize = std::mem::size_of::<Key>() + 16 + 3 * 8;
+
+/// The postmaster's exit callback: after a clean shutdown (every backend and the worker have
+/// exited, so nothing else touches the table) the buffered sessions go to a file, for the
+/// next start. After a crash (`code` != 0) nothing is saved.
+#[pg_guard]
+unsafe extern "C-unwind" fn save_buffer(code: std::ffi::c_int, _arg: pg_sys::Datum) {
+    if code != 0 || unsafe { SHARED.is_null() || TABLE.is_null() } {
+        return;
+    }
+    let mut bytes = SAVED_MAGIC.to_vec();
+    let mut status = pg_sys::HASH_SEQ_STATUS::default();
+    unsafe { pg_sys::hash_seq_init(&mut status, TABLE) };
+    loop {
+        let entry = unsafe { pg_sys::hash_seq_search(&mut status) as *const Entry };
+        let Some(entry) = (unsafe { entry.as_ref() }) else {
+            break;
+        };
+        if entry.row_id == [0; 16] {
+            continue;
+        }
+        let key: [u8; std::mem::size_of::<Key>()] = unsafe { std::mem::transmute(entry.key) };
+        bytes.extend_from_slice(&key);
+        bytes.extend_from_slice(&entry.row_id);
+        bytes.extend_from_slice(&entry.entered_at.to_le_bytes());
+        bytes.extend_from_slice(&entry.alive_at.load(Ordering::Acquire).to_le_bytes());
+        bytes.extend_from_slice(&entry.flushed_at.to_le_bytes());
+    }
+    let temporary = format!("{SAVED_BUFFER}.tmp");
+    let saved =
+        std::fs::write(&temporary, &bytes).and_then(|_| std::fs::rename(&temporary, SAVED_BUFFER));
+    if let Err(e) = saved {
+        log!("webinar_sessions: could not save the heartbeat buffer to {SAVED_BUFFER}: {e}");
+    }
+}
+
+/// Loads what `save_buffer` left (at most `capacity` sessions) and removes the file, so
+/// that a later crash restart cannot load it again.
+fn load_saved_buffer(capacity: i64) {
+    let Ok(bytes) = std::fs::read(SAVED_BUFFER) else {
+        return;
+    };
+    let _ = std::fs::remove_file(SAVED_BUFFER);
+    let Some(records) = bytes.strip_prefix(SAVED_MAGIC.as_slice()) else {
+        log!("webinar_sessions: {SAVED_BUFFER} is not a saved heartbeat buffer; ignored");
+        return;
+    };
+    let key_size = std::mem::size_of::<Key>();
+    let mut loaded = 0;
+    for record in records.chunks_exact(SAVED_RECORD).take(capacity as usize) {
+        let key: Key = unsafe { std::ptr::read_unaligned(record.as_ptr().cast()) };
+        let field = |at: usize| i64::from_le_bytes(record[at..at + 8].try_into().unwrap());
+        let row_id: [u8; 16] = record[key_size..key_size + 16].try_into().unwrap();
+        let (entered_at, alive_at, flushed_at) = (
+            field(key_size + 16),
+            field(key_size + 24),
+            field(key_size + 32),
+        );
+        let mut found = false;
+        let slot = unsafe {
+            pg_sys::hash_search(
+                TABLE,
+                (&key as *const Key).cast(),
+                pg_sys::HASHACTION::HASH_ENTER_NULL,
+                &mut found,
+            ) as *mut Entry
+        };
+        let Some(slot) = (unsafe { slot.as_mut() }) else {
+            break;
+        };
+        Entry::fill(slot, key, row_id, entered_at, alive_at, 0);
+        slot.flushed_at = flushed_at;
+        loaded += 1;
+    }
+    log!("webinar_sessions: loaded {loaded} buffered sessions saved at the last shutdown");
 }
 
 fn shared() -> Option<&'static Shared> {
@@ -346,19 +452,29 @@ struct Opened {
     alive_at: i64,
 }
 
+/// A heartbeat answered from the buffer, recorded in its entry when the transaction commits.
+struct Beat {
+    key: Key,
+    row_id: [u8; 16],
+    at: i64,
+}
+
 #[derive(Default)]
 struct Pending {
     /// (subtransaction, what): undone when that subtransaction aborts.
     opened: Vec<(pg_sys::SubTransactionId, Opened)>,
     closing: Vec<(pg_sys::SubTransactionId, Key)>,
+    beats: Vec<(pg_sys::SubTransactionId, Beat)>,
     collected: Vec<(pg_sys::SubTransactionId, Key, [u8; 16], i64)>,
     written: Vec<(pg_sys::SubTransactionId, HashSet<[u8; 16]>)>,
     swept: Vec<(pg_sys::SubTransactionId, HashSet<[u8; 16]>)>,
+    /// Counted in `Shared::sweeps` until this transaction ends.
     sweeping: bool,
     /// The table was truncated: every entry of this database goes at commit.
     forget_all: bool,
     /// Leaves of this transaction counted in `Shared::unmarked_closings`.
     unmarked_closings: i32,
+    /// Set by a flush (which also holds a lock on sweep_runs until the transaction ends).
     flush_started: Option<std::time::Instant>,
 }
 
@@ -366,9 +482,14 @@ impl Pending {
     fn is_empty(&self) -> bool {
         self.opened.is_empty()
             && self.closing.is_empty()
+            && self.beats.is_empty()
             && self.collected.is_empty()
+            && self.written.is_empty()
+            && self.swept.is_empty()
             && !self.sweeping
+            && !self.forget_all
             && self.unmarked_closings == 0
+            && self.flush_started.is_none()
     }
 }
 
@@ -394,6 +515,10 @@ unsafe extern "C-unwind" fn at_transaction_end(
     _arg: *mut std::ffi::c_void,
 ) {
     let commit = match event {
+        pg_sys::XactEvent::XACT_EVENT_PRE_COMMIT => {
+            record_beats();
+            return;
+        }
         pg_sys::XactEvent::XACT_EVENT_COMMIT => true,
         pg_sys::XactEvent::XACT_EVENT_ABORT => false,
         // The buffer's changes are applied by the backend that made them, at its commit; a
@@ -403,7 +528,7 @@ unsafe extern "C-unwind" fn at_transaction_end(
             if !PENDING.with(|p| p.borrow().is_empty()) {
                 raise(
                     pgrx::PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
-                    "cannot PREPARE a transaction that has called webinar_sessions' heartbeat, leave or sweep functions",
+                    "cannot PREPARE a transaction that has called webinar_sessions' heartbeat, leave, flush or sweep functions",
                 );
             }
             return;
@@ -420,19 +545,62 @@ unsafe extern "C-unwind" fn at_transaction_end(
         apply_commit(&locked, &pending);
     } else {
         for (_, key) in &pending.closing {
-            reinstate(&locked, key);
+            leave_ended(&locked, key, false);
         }
     }
     shared
         .unmarked_closings
         .fetch_sub(pending.unmarked_closings, Ordering::AcqRel);
     if pending.sweeping {
-        let me = unsafe { pg_sys::MyProcPid };
-        let _ = shared
-            .sweeping_pid
-            .compare_exchange(me, 0, Ordering::AcqRel, Ordering::Acquire);
+        shared.sweeps.fetch_sub(1, Ordering::AcqRel);
     }
     drop(locked);
+}
+
+/// At PRE_COMMIT: the heartbeats this transaction answered from the buffer go into their
+/// entries, all or none. None can while a sweep that began after them is still open (it
+/// collected the buffer without them and may be closing the row at an older time), or when a
+/// leave or sweep has taken the entry since: then the transaction fails, and the client, told
+/// nothing, retries (and goes direct). A sweep that began and committed in between has
+/// removed the entries of the rows it closed, so an entry still naming the row is safe.
+fn record_beats() {
+    let (beats, own_sweep) = PENDING.with(|p| {
+        let mut pending = p.borrow_mut();
+        (std::mem::take(&mut pending.beats), pending.sweeping as i32)
+    });
+    if beats.is_empty() {
+        return;
+    }
+    let Some(shared) = shared() else { return };
+    let stale = {
+        let locked = Locked::new(shared, false);
+        let sweeping = shared.sweeps.load(Ordering::Acquire) - own_sweep > 0;
+        let entries: Vec<Option<&Entry>> = beats
+            .iter()
+            .map(|(_, beat)| {
+                locked
+                    .find(&beat.key)
+                    .filter(|e| !sweeping && e.row_id == beat.row_id && e.closers == 0)
+            })
+            .map(|e| e.map(|e| &*e))
+            .collect();
+        let stale = entries.iter().any(Option::is_none);
+        if !stale {
+            for (entry, (_, beat)) in entries.into_iter().zip(&beats) {
+                entry
+                    .expect("checked")
+                    .alive_at
+                    .fetch_max(beat.at, Ordering::AcqRel);
+            }
+        }
+        stale
+    };
+    if stale {
+        raise(
+            pgrx::PgSqlErrorCode::ERRCODE_T_R_SERIALIZATION_FAILURE,
+            "webinar_sessions: a sweep or leave changed the session while its heartbeat's transaction was open; retry the heartbeat",
+        );
+    }
 }
 
 #[pg_guard]
@@ -454,6 +622,7 @@ unsafe extern "C-unwind" fn at_subtransaction_end(
                 };
                 pending.opened.iter_mut().for_each(|(s, _)| adopt(s));
                 pending.closing.iter_mut().for_each(|(s, _)| adopt(s));
+                pending.beats.iter_mut().for_each(|(s, _)| adopt(s));
                 pending.collected.iter_mut().for_each(|(s, ..)| adopt(s));
                 pending.written.iter_mut().for_each(|(s, _)| adopt(s));
                 pending.swept.iter_mut().for_each(|(s, _)| adopt(s));
@@ -464,13 +633,14 @@ unsafe extern "C-unwind" fn at_subtransaction_end(
                     .partition(|(s, _)| *s >= subid);
                 pending.closing = kept;
                 pending.opened.retain(|(s, _)| *s < subid);
+                pending.beats.retain(|(s, _)| *s < subid);
                 pending.collected.retain(|(s, ..)| *s < subid);
                 pending.written.retain(|(s, _)| *s < subid);
                 pending.swept.retain(|(s, _)| *s < subid);
                 if let (false, Some(shared)) = (undone.is_empty(), shared()) {
                     let locked = Locked::new(shared, true);
                     for (_, key) in &undone {
-                        reinstate(&locked, key);
+                        leave_ended(&locked, key, false);
                     }
                 }
             }
@@ -479,21 +649,24 @@ unsafe extern "C-unwind" fn at_subtransaction_end(
     });
 }
 
-/// A leave that did not happen: its session is served from the buffer again.
-fn reinstate(locked: &Locked, key: &Key) {
-    if let Some(entry) = locked.find(key) {
-        if entry.closing_pid == unsafe { pg_sys::MyProcPid } {
-            if entry.row_id == [0; 16] {
-                locked.remove(key);
-            } else {
-                entry.closing_pid = 0;
-            }
-        }
+/// A leave of `key` is over: it counts itself out of the entry's closers. A leave that
+/// committed has closed the row (or found none), so the entry no longer names an active row:
+/// it goes when no other leave is under way, and stays a placeholder while one is. A leave
+/// that aborted leaves the entry served again once no leave is under way.
+fn leave_ended(locked: &Locked, key: &Key, committed: bool) {
+    let Some(entry) = locked.find(key) else {
+        return;
+    };
+    entry.closers = (entry.closers - 1).max(0);
+    if committed {
+        entry.row_id = [0; 16];
+    }
+    if entry.closers == 0 && entry.row_id == [0; 16] {
+        locked.remove(key);
     }
 }
 
 fn apply_commit(locked: &Locked, pending: &Pending) {
-    let me = unsafe { pg_sys::MyProcPid };
     let shared = locked.shared;
     // Sessions this transaction found active or opened: active now, unless a leave (this
     // transaction's too) is closing them.
@@ -502,9 +675,7 @@ fn apply_commit(locked: &Locked, pending: &Pending) {
     }
     // Left sessions: their rows are closed now.
     for (_, key) in &pending.closing {
-        if locked.find(key).is_some_and(|e| e.closing_pid == me) {
-            locked.remove(key);
-        }
+        leave_ended(locked, key, true);
     }
     // What a flush wrote is in the rows now; what it found closed or gone is dropped.
     if !pending.collected.is_empty() {
@@ -520,7 +691,7 @@ fn apply_commit(locked: &Locked, pending: &Pending) {
             if written.contains(row_id) {
                 entry.flushed_at = entry.flushed_at.max(*alive_at);
                 rows += 1;
-            } else if entry.closing_pid == 0 {
+            } else if entry.closers == 0 {
                 locked.remove(key);
                 shared.evicted.fetch_add(1, Ordering::Relaxed);
             }
@@ -554,7 +725,7 @@ fn track(locked: &Locked, row: &Opened) -> bool {
         shared.fallbacks.fetch_add(1, Ordering::Relaxed);
         return false;
     };
-    if existed && entry.closing_pid != 0 {
+    if existed && entry.closers != 0 {
         return false;
     }
     if existed && entry.row_id == row.row_id {
@@ -565,6 +736,37 @@ fn track(locked: &Locked, row: &Opened) -> bool {
     // A new entry, or one that still named an older row of the same key.
     Entry::fill(entry, row.key, row.row_id, row.entered_at, row.alive_at, 0);
     true
+}
+
+/// This transaction starts sweeping (or deleting rows): from now until it ends, heartbeats
+/// take the direct path, and buffered heartbeats of transactions still open cannot commit.
+/// Exclusive lock held.
+fn begin_sweeping(shared: &Shared) {
+    PENDING.with(|p| {
+        let mut pending = p.borrow_mut();
+        if !pending.sweeping {
+            pending.sweeping = true;
+            shared.sweeps.fetch_add(1, Ordering::AcqRel);
+        }
+    });
+}
+
+/// Takes this transaction's buffered heartbeats that `which` selects out of its pending
+/// list, as the newest time per session: the caller writes them in the transaction.
+fn take_own_beats(which: impl Fn(&Beat) -> bool) -> std::collections::HashMap<Key, i64> {
+    PENDING.with(|p| {
+        let mut pending = p.borrow_mut();
+        let (taken, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut pending.beats)
+            .into_iter()
+            .partition(|(_, beat)| which(beat));
+        pending.beats = kept;
+        let mut newest = std::collections::HashMap::new();
+        for (_, beat) in taken {
+            let at = newest.entry(beat.key).or_insert(beat.at);
+            *at = (*at).max(beat.at);
+        }
+        newest
+    })
 }
 
 // ---------------------------------------------------------------------------------------
@@ -581,27 +783,32 @@ fn buffered_heartbeat(
     user_id: Option<Uuid>,
     fcinfo: pg_sys::FunctionCallInfo,
 ) -> Option<pgrx::composite_type!('static, "session_status")> {
-    // Not buffering: the caller's direct path checks the arguments (once).
-    if guc::heartbeat_mode() != guc::HeartbeatMode::Buffered {
+    // Not buffering: the caller's direct path checks the arguments (once). A read-only
+    // transaction (a PostgREST GET) goes direct too, where its UPDATE fails with 25006 as it
+    // does in direct mode: a heartbeat is a write.
+    if guc::heartbeat_mode() != guc::HeartbeatMode::Buffered || unsafe { pg_sys::XactReadOnly } {
         return None;
     }
     let shared = available()?;
     let user = checked_user(webinar_id, session_id, user_id);
     let (webinar_id, session_id) = (webinar_id?, session_id?);
     let key = Key::new(&webinar_id, &user, session_id)?;
-    let (row_id, entered_at, alive_at) = {
+    let (row_id, entered_at, at, alive_at) = {
         let locked = Locked::new(shared, false);
-        if shared.sweeping_pid.load(Ordering::Acquire) != 0 {
+        if shared.sweeps.load(Ordering::Acquire) != 0 {
             return None;
         }
         let entry = locked.find(&key)?;
-        if entry.closing_pid != 0 || entry.row_id == [0; 16] {
+        if entry.closers != 0 || entry.row_id == [0; 16] {
             return None;
         }
         let at = now().max(entry.entered_at);
-        let before = entry.alive_at.fetch_max(at, Ordering::AcqRel);
-        (entry.row_id, entry.entered_at, before.max(at))
+        let alive_at = entry.alive_at.load(Ordering::Acquire).max(at);
+        (entry.row_id, entry.entered_at, at, alive_at)
     };
+    // Recorded in the entry when this transaction commits (`record_beats`).
+    let beat = Beat { key, row_id, at };
+    PENDING.with(|p| p.borrow_mut().beats.push((subtransaction(), beat)));
     shared.buffered.fetch_add(1, Ordering::Relaxed);
     Some(session_status(
         fcinfo,
@@ -682,23 +889,24 @@ fn buffer_closing(
 ) -> Option<TimestampWithTimeZone> {
     let shared = available()?;
     let key = Key::new(&webinar_id, &user_id, session_id)?;
-    let me = unsafe { pg_sys::MyProcPid };
+    // This transaction's own buffered heartbeats of the session: the leave writes them.
+    let own = take_own_beats(|beat| beat.key == key).remove(&key);
     let locked = Locked::new(shared, true);
     let Some((entry, existed)) = locked.find_or_insert(&key, false) else {
         // No memory even for a mark: hold back every new entry until this leave ends.
         shared.unmarked_closings.fetch_add(1, Ordering::AcqRel);
         PENDING.with(|p| p.borrow_mut().unmarked_closings += 1);
-        return None;
+        return own.map(timestamp);
     };
     if !existed {
-        Entry::fill(entry, key, [0; 16], NO_TIME, NO_TIME, me);
-    } else if entry.closing_pid != 0 && entry.closing_pid != me {
-        // Another leave of the same session is under way: it holds the row; ours will wait
-        // for it on the row lock and find the session closed.
-        return None;
+        Entry::fill(entry, key, [0; 16], NO_TIME, NO_TIME, 0);
     }
-    entry.closing_pid = me;
-    let alive_at = entry.alive_at.load(Ordering::Acquire);
+    // Every leave under way counts: the entry stays unserved until the last one ends.
+    entry.closers += 1;
+    let alive_at = entry
+        .alive_at
+        .load(Ordering::Acquire)
+        .max(own.unwrap_or(NO_TIME));
     let unwritten = (alive_at > entry.flushed_at).then(|| timestamp(alive_at));
     PENDING.with(|p| p.borrow_mut().closing.push((subtransaction(), key)));
     unwritten
@@ -716,13 +924,14 @@ fn buffer_collect(
         return TableIterator::new(Vec::new());
     };
     let database = unsafe { pg_sys::MyDatabaseId }.to_u32();
-    let me = unsafe { pg_sys::MyProcPid };
     let sub = subtransaction();
     let table = session_table().map_or(0, |t| t.to_u32());
+    // This transaction's own buffered heartbeats: this flush writes them, in the transaction.
+    let own = take_own_beats(|_| true);
     let collected: Vec<(Key, [u8; 16], i64)> = {
         let locked = Locked::new(shared, true);
         if for_sweep {
-            shared.sweeping_pid.store(me, Ordering::Release);
+            begin_sweeping(shared);
         }
         // Entries left behind by a dropped extension's table.
         locked.remove_where(|e| e.key.database == database && e.key.table != table);
@@ -730,7 +939,8 @@ fn buffer_collect(
             .entries()
             .filter(|e| e.key.database == database && e.row_id != [0; 16])
             .filter_map(|e| {
-                let alive_at = e.alive_at.load(Ordering::Acquire);
+                let mine = own.get(&e.key).copied().unwrap_or(NO_TIME);
+                let alive_at = e.alive_at.load(Ordering::Acquire).max(mine);
                 (alive_at > e.flushed_at).then_some((e.key, e.row_id, alive_at))
             })
             .collect()
@@ -783,16 +993,68 @@ fn buffer_forget(ids: Option<Array<Uuid>>, all: bool) {
     let ids = id_set(ids);
     {
         let _locked = Locked::new(shared, true);
-        shared
-            .sweeping_pid
-            .store(unsafe { pg_sys::MyProcPid }, Ordering::Release);
+        begin_sweeping(shared);
     }
     PENDING.with(|p| {
         let mut pending = p.borrow_mut();
-        pending.sweeping = true;
         pending.forget_all |= all;
         pending.swept.push((subtransaction(), ids));
     });
+}
+
+/// How many flusher workers (one per database other than the worker's) may run at once.
+pub const MAX_FLUSHERS: usize = 32;
+
+/// A flusher for `database` takes its slot; false when one already runs there (or every slot
+/// is taken).
+pub fn claim_flusher(database: pg_sys::Oid) -> bool {
+    let Some(shared) = shared() else { return false };
+    let _locked = Locked::new(shared, true);
+    let database = database.to_u32();
+    if shared
+        .flushers
+        .iter()
+        .any(|s| s.load(Ordering::Acquire) == database)
+    {
+        return false;
+    }
+    shared
+        .flushers
+        .iter()
+        .find(|s| s.load(Ordering::Acquire) == 0)
+        .map(|slot| slot.store(database, Ordering::Release))
+        .is_some()
+}
+
+pub fn release_flusher(database: pg_sys::Oid) {
+    let Some(shared) = shared() else { return };
+    let _locked = Locked::new(shared, true);
+    for slot in &shared.flushers {
+        let _ = slot.compare_exchange(database.to_u32(), 0, Ordering::AcqRel, Ordering::Acquire);
+    }
+}
+
+pub fn flusher_running(database: pg_sys::Oid) -> bool {
+    shared().is_some_and(|shared| {
+        shared
+            .flushers
+            .iter()
+            .any(|s| s.load(Ordering::Acquire) == database.to_u32())
+    })
+}
+
+/// When the worker first started since shared memory was last set up (the server's start, or
+/// its restart after a crash), in PostgreSQL's microseconds; the first caller sets it.
+pub fn ready_at() -> i64 {
+    let now = unsafe { pg_sys::GetCurrentTimestamp() };
+    let Some(shared) = shared() else { return now };
+    match shared
+        .ready_at
+        .compare_exchange(0, now, Ordering::AcqRel, Ordering::Acquire)
+    {
+        Ok(_) => now,
+        Err(earlier) => earlier,
+    }
 }
 
 /// Drops every entry of a database (the worker, when the extension is not installed there or
@@ -800,7 +1062,7 @@ fn buffer_forget(ids: Option<Array<Uuid>>, all: bool) {
 pub fn forget_database(database: pg_sys::Oid) {
     let Some(shared) = shared() else { return };
     Locked::new(shared, true)
-        .remove_where(|e| e.key.database == database.to_u32() && e.closing_pid == 0);
+        .remove_where(|e| e.key.database == database.to_u32() && e.closers == 0);
 }
 
 /// Databases other than `except` that have entries in the buffer, each with whether some of
