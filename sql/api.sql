@@ -9,6 +9,10 @@
 -- none. The common case is ONE statement: the UPDATE, a HOT update found through
 -- idx_wus_webinar_session_active.
 --
+-- last_heartbeat_at only moves forward: now() is the transaction's start, and a transaction
+-- that started earlier may reach the row after a later one has marked it (greatest() keeps
+-- the newer time, which a client has been told).
+--
 -- Races, under READ COMMITTED:
 -- * a sweep or leave that closes the row first: our UPDATE waits for it, re-checks
 --   exited_at IS NULL on the new row version, finds nothing, and we open a new session;
@@ -33,7 +37,7 @@ DECLARE
 BEGIN
     FOR attempt IN 1..5 LOOP
         UPDATE webinar_sessions.webinar_user_sessions AS s
-           SET last_heartbeat_at = greatest(now(), s.entered_at),
+           SET last_heartbeat_at = greatest(s.last_heartbeat_at, now(), s.entered_at),
                updated_at = now()
          WHERE s.webinar_id = p_webinar_id
            AND s.user_id = p_user_id
@@ -116,7 +120,7 @@ BEGIN
     v_interval := webinar_sessions._heartbeat_interval_s();
     v_async := pg_catalog.set_config('synchronous_commit', 'off', true);
     UPDATE webinar_sessions.webinar_user_sessions AS s
-       SET last_heartbeat_at = greatest(now(), s.entered_at),
+       SET last_heartbeat_at = greatest(s.last_heartbeat_at, now(), s.entered_at),
            updated_at = now()
      WHERE s.webinar_id = heartbeat.webinar_id
        AND s.user_id = v_user
@@ -199,7 +203,7 @@ BEGIN
                AS b(webinar_id, session_id, user_id)
          ORDER BY 1, 2, 3
         ON CONFLICT (webinar_id, user_id, session_id) WHERE exited_at IS NULL
-        DO UPDATE SET last_heartbeat_at = greatest(now(), s.entered_at), updated_at = now()
+        DO UPDATE SET last_heartbeat_at = greatest(s.last_heartbeat_at, now(), s.entered_at), updated_at = now()
         RETURNING s.xmax::text = '0' AS opened   -- an inserted row has no xmax
     )
     SELECT count(*), count(*) FILTER (WHERE marked.opened) INTO v_count, v_opened FROM marked;
@@ -314,10 +318,10 @@ $$;
 COMMENT ON FUNCTION webinar_sessions.sweep_stale_sessions(interval) IS
     'Closes, in one statement, every active session with no sign of life for stale_after (default: the webinar_sessions.stale_after setting); returns how many. service_role only.';
 
--- What the background worker runs. It does not sweep until the server has been up for
--- stale_after: while the database was down no client could send a heartbeat, so silence
--- from before the start proves nothing. A failed sweep is recorded, not raised, so that the
--- worker keeps its rhythm.
+-- What the background worker runs. (The worker does not call it until stale_after has passed
+-- since the server's start or crash restart: while the database was down no client could
+-- send a heartbeat, so silence from before proves nothing.) A failed sweep is recorded, not
+-- raised, so that the worker keeps its rhythm.
 CREATE FUNCTION webinar_sessions._worker_sweep()
 RETURNS bigint
 LANGUAGE plpgsql VOLATILE
@@ -327,9 +331,6 @@ DECLARE
     v_stale_after interval := pg_catalog.make_interval(secs => webinar_sessions._stale_after_s());
     v_started timestamptz := clock_timestamp();
 BEGIN
-    IF pg_catalog.pg_postmaster_start_time() > now() - v_stale_after THEN
-        RETURN NULL;
-    END IF;
     BEGIN
         RETURN webinar_sessions._sweep(v_stale_after, 'worker');
     EXCEPTION WHEN OTHERS THEN

@@ -193,7 +193,9 @@ BEGIN
     v_points := floor(extract(epoch FROM v_last - v_origin) / extract(epoch FROM concurrency.bucket))::bigint + 1;
     PERFORM webinar_sessions._grid_size(v_last - v_origin, concurrency.bucket);
     RETURN QUERY
-        SELECT v_origin + g.k * concurrency.bucket, g.viewers
+        -- The grid counts in seconds; so must the labels (k * '1 day' would be calendar days,
+        -- 23 or 25 hours across a daylight-saving change in the session's time zone).
+        SELECT v_origin + g.k * (extract(epoch FROM concurrency.bucket) * interval '1 second'), g.viewers
           FROM webinar_sessions._viewers_on_grid(concurrency.webinar_id, v_origin, concurrency.bucket, v_points, false) AS g;
 END
 $$;
@@ -213,6 +215,13 @@ BEGIN
     PERFORM webinar_sessions._check_not_null('starts_at', attendance.starts_at IS NULL);
     PERFORM webinar_sessions._check_not_null('ends_at', attendance.ends_at IS NULL);
     PERFORM webinar_sessions._check_not_null('min_ratio', attendance.min_ratio IS NULL);
+    IF NOT pg_catalog.isfinite(attendance.starts_at) THEN
+        RAISE EXCEPTION 'starts_at must be a finite time (got %)', attendance.starts_at
+            USING ERRCODE = 'invalid_parameter_value';
+    ELSIF NOT pg_catalog.isfinite(attendance.ends_at) THEN
+        RAISE EXCEPTION 'ends_at must be a finite time (got %)', attendance.ends_at
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
     IF attendance.ends_at <= attendance.starts_at THEN
         RAISE EXCEPTION 'ends_at (%) must be after starts_at (%)', attendance.ends_at, attendance.starts_at
             USING ERRCODE = 'invalid_parameter_value';
@@ -249,6 +258,13 @@ BEGIN
     PERFORM webinar_sessions._check_not_null('starts_at', retention.starts_at IS NULL);
     PERFORM webinar_sessions._check_not_null('ends_at', retention.ends_at IS NULL);
     PERFORM webinar_sessions._check_span('bucket', retention.bucket);
+    IF NOT pg_catalog.isfinite(retention.starts_at) THEN
+        RAISE EXCEPTION 'starts_at must be a finite time (got %)', retention.starts_at
+            USING ERRCODE = 'invalid_parameter_value';
+    ELSIF NOT pg_catalog.isfinite(retention.ends_at) THEN
+        RAISE EXCEPTION 'ends_at must be a finite time (got %)', retention.ends_at
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
     IF retention.ends_at <= retention.starts_at THEN
         RAISE EXCEPTION 'ends_at (%) must be after starts_at (%)', retention.ends_at, retention.starts_at
             USING ERRCODE = 'invalid_parameter_value';
