@@ -349,7 +349,9 @@ fn client_thread(thread: usize, url: String, load: Arc<Load>) {
                 let shutting_down = error
                     .code()
                     .is_some_and(|code| code.code().starts_with("57P"));
-                if !connection.is_closed() && !shutting_down {
+                // A buffered heartbeat overtaken by a sweep fails with 40001: retried.
+                let retry = error.code().is_some_and(|code| code.code() == "40001");
+                if !connection.is_closed() && !shutting_down && !retry {
                     load.unexpected
                         .lock()
                         .unwrap()

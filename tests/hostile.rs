@@ -936,12 +936,21 @@ fn bad_calls(webinar: &str, a: &str, b: &str) -> Vec<Bad> {
             "22023",
             "min_ratio must be between 0 and 1 (got NaN)",
         ),
-        // PostgreSQL's own error: this message does not name the argument.
         (
             "starts_at -infinity",
             att(w(), window(json!("-infinity"), day("11:00")), json!(0.5)),
-            "22008",
-            "cannot subtract infinite timestamps",
+            "22023",
+            "starts_at must be a finite time (got -infinity)",
+        ),
+        (
+            "both infinite",
+            att(
+                w(),
+                window(json!("-infinity"), json!("infinity")),
+                json!(0.5),
+            ),
+            "22023",
+            "starts_at must be a finite time",
         ),
     ] {
         rows.push(bad(
@@ -1020,12 +1029,11 @@ fn bad_calls(webinar: &str, a: &str, b: &str) -> Vec<Bad> {
             "22023",
             "buckets; at most 100000 are allowed",
         ),
-        // PostgreSQL's own error: this message does not name the argument.
         (
             "ends_at infinity",
             ret(w(), window(day("10:00"), json!("infinity")), minute()),
-            "22008",
-            "cannot subtract infinite timestamps",
+            "22023",
+            "ends_at must be a finite time (got infinity)",
         ),
     ] {
         rows.push(bad(

@@ -26,6 +26,7 @@ cargo pgrx install --test --pg-config /usr/bin/pg_config --no-default-features -
 # The install scripts of earlier releases, for tests/upgrade.rs (cargo pgrx installs only the
 # current one and the upgrade scripts).
 cp sql/webinar_sessions--0.1.0.sql "$(pg_config --sharedir)/extension/"
+# (0.2.0 installs as 0.1.0 plus the 0.1.0 -> 0.2.0 script, which cargo pgrx installs.)
 # Everything, with heartbeat_mode at its default for a preloaded library: buffered.
 cargo pgrx test pg15 "${runas[@]}" --pgdata "$scratch/pgrx-data" "$@"
 
@@ -33,6 +34,13 @@ cargo pgrx test pg15 "${runas[@]}" --pgdata "$scratch/pgrx-data" "$@"
 if [ $# -eq 0 ]; then
     WEBINAR_SESSIONS_TEST_HEARTBEAT_MODE=direct cargo test --no-default-features --features "pg15 pg_test" \
         --test api --test hostile --test stats --test worker
+fi
+
+# And once more on a server that does not preload the library: CREATE EXTENSION loads it
+# late, and everything but the buffer and the worker must work the same.
+if [ $# -eq 0 ]; then
+    WEBINAR_SESSIONS_TEST_PRELOAD=off cargo test --no-default-features --features "pg15 pg_test" \
+        --test api --test hostile --test stats
 fi
 
 # Races, with PostgreSQL's own isolation tester: tests/isolation/specs/*.spec, each compared

@@ -462,3 +462,38 @@ fn bad_analytics_arguments_are_refused() {
         assert!(db.message().contains(mention), "{sql}: {}", db.message());
     }
 }
+
+/// 0.2.0 bug: across a daylight-saving change in the session's time zone, `concurrency`
+/// labelled '1 day' buckets in calendar days (23 hours on 2025-03-09 in New York) while it
+/// counted them in 24-hour steps, so every label after the change was an hour off its count.
+#[test]
+fn concurrency_labels_match_their_buckets_across_a_daylight_saving_change() {
+    let mut client = shared_cluster("stats").supabase_database("dst_labels");
+    client
+        .batch_execute(
+            "INSERT INTO webinar_sessions.webinar_user_sessions
+                 (webinar_id, user_id, session_id, entered_at, last_heartbeat_at, exited_at, exit_reason)
+             SELECT '00000000-0000-4000-8000-000000000009', '00000000-0000-4000-8000-000000000001',
+                    'day-' || d, timestamptz '2025-03-07 10:00+00' + d * interval '24 hours',
+                    NULL, timestamptz '2025-03-07 11:00+00' + d * interval '24 hours', 'left'
+               FROM generate_series(0, 5) AS d;
+             SET timezone = 'America/New_York';",
+        )
+        .unwrap();
+    let rows = client
+        .query(
+            "SELECT to_char(bucket_start AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI'), viewers
+               FROM webinar_sessions.concurrency('00000000-0000-4000-8000-000000000009', '1 day')
+              ORDER BY bucket_start",
+            &[],
+        )
+        .unwrap();
+    let got: Vec<(String, i64)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    let expected: Vec<(String, i64)> = (7..=12)
+        .map(|day| (format!("2025-03-{day:02} 00:00"), 1))
+        .collect();
+    assert_eq!(
+        got, expected,
+        "buckets are aligned to UTC midnight, one viewer each day"
+    );
+}

@@ -1,0 +1,362 @@
+//! Regression tests for the concurrency bugs of 0.2.0 that are not two-party races on one row
+//! (those are isolation specs in tests/isolation): the worker across databases, its shutdown
+//! while it waits on a lock, the grace period after a crash restart, and a buffered
+//! heartbeat's transaction (rollback, PREPARE, READ ONLY).
+
+mod common;
+
+use common::*;
+use postgres::Client;
+use std::time::{Duration, Instant};
+
+fn buffered(name: &str, database: &str, settings: &[&str]) -> (Cluster, Client) {
+    let database_setting = format!("webinar_sessions.database = '{database}'");
+    let mut all = vec![
+        "webinar_sessions.heartbeat_mode = 'buffered'",
+        "webinar_sessions.flush_interval = 1",
+        "max_prepared_transactions = 4",
+        database_setting.as_str(),
+    ];
+    all.extend_from_slice(settings);
+    let cluster = Cluster::start(name, &all);
+    let mut admin = cluster.supabase_database(database);
+    // The worker started before its database existed; the postmaster starts it again soon.
+    let running = eventually(Duration::from_secs(20), || worker_pid(&mut admin).is_some());
+    assert!(running, "the worker did not start in {database}");
+    (cluster, admin)
+}
+
+fn call(api: &mut Client, function: &str, viewer: &str, webinar: &str) -> serde_json::Value {
+    rpc(
+        api,
+        "authenticated",
+        Some(&claims_for(viewer)),
+        function,
+        &[("webinar_id", webinar), ("session_id", "tab")],
+    )
+    .unwrap_or_else(|e| panic!("{function}: {e}"))
+}
+
+/// The stored last_heartbeat_at of a row, in the JSON text form the API answers with.
+fn stored(admin: &mut Client, id: &serde_json::Value) -> Option<String> {
+    admin
+        .query_one(
+            "SELECT to_jsonb(last_heartbeat_at) #>> '{}' FROM webinar_sessions.webinar_user_sessions WHERE id = $1::text::uuid",
+            &[&id.as_str().unwrap()],
+        )
+        .unwrap()
+        .get(0)
+}
+
+/// A session entered and heartbeated once more (answered from the buffer); returns the
+/// answer.
+fn buffered_heartbeat(api: &mut Client, viewer: &str, webinar: &str) -> serde_json::Value {
+    call(api, "public.enter_webinar", viewer, webinar);
+    std::thread::sleep(Duration::from_millis(5));
+    call(api, "public.heartbeat", viewer, webinar)
+}
+
+fn worker_pid(admin: &mut Client) -> Option<i32> {
+    admin
+        .query_opt(
+            "SELECT pid FROM pg_stat_activity WHERE backend_type = 'webinar_sessions sweeper'",
+            &[],
+        )
+        .unwrap()
+        .map(|r| r.get(0))
+}
+
+/// 0.2.0 bug 3: the worker waited for each other database's flush in turn, so a lock held in
+/// one database stopped flushes (and sweeps) everywhere.
+#[test]
+fn a_lock_in_another_database_does_not_stall_the_worker() {
+    let (cluster, mut admin) = buffered("races-stall", "main_db", &[]);
+    let mut other = cluster.supabase_database("other_db");
+    let mut other_api = cluster.connect_as("other_db", "authenticator");
+    let (webinar, viewer) = (uuid(10), uuid(1));
+    buffered_heartbeat(&mut other_api, &viewer, &webinar);
+    // A flush in `other_db` that never ends: it holds sweep_runs' lock there.
+    let mut holder = cluster.connect("other_db");
+    holder
+        .batch_execute("BEGIN; SELECT webinar_sessions.flush_heartbeats();")
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    // Dirty again (answered from the buffer, no row lock), for a flusher to wait on.
+    call(&mut other_api, "public.heartbeat", &viewer, &webinar);
+    let stuck = eventually(Duration::from_secs(10), || {
+        admin
+            .query_one(
+                "SELECT count(*) > 0 FROM pg_stat_activity
+                  WHERE backend_type = 'webinar_sessions flush' AND wait_event_type = 'Lock'",
+                &[],
+            )
+            .unwrap()
+            .get(0)
+    });
+    assert!(stuck, "no flusher waited on the lock in other_db");
+
+    // The worker's own database is still flushed every second.
+    let mut api = cluster.connect_as("main_db", "authenticator");
+    let answer = buffered_heartbeat(&mut api, &viewer, &webinar);
+    let told = answer["last_heartbeat_at"].as_str().unwrap().to_string();
+    let flushed = eventually(Duration::from_secs(5), || {
+        stored(&mut admin, &answer["id"]).as_ref() == Some(&told)
+    });
+    holder.batch_execute("ROLLBACK").unwrap();
+    drop(other);
+    assert!(
+        flushed,
+        "the worker's database was not flushed while another database held a lock"
+    );
+}
+
+/// 0.2.0 bug 4: a transaction that had flushed could be prepared (holding sweep_runs' lock for
+/// good), and the worker, waiting on such a lock, ignored SIGTERM: a fast shutdown hung.
+#[test]
+fn the_worker_leaves_promptly_while_it_waits_on_a_lock() {
+    let (cluster, mut admin) = buffered("races-sigterm", "sigterm", &[]);
+    let mut tx = cluster.connect("sigterm");
+    tx.batch_execute("BEGIN; SELECT webinar_sessions.flush_heartbeats();")
+        .unwrap();
+    let refused = tx.batch_execute("PREPARE TRANSACTION 'p1'").unwrap_err();
+    assert_eq!(
+        refused.as_db_error().map(|e| e.code().code()),
+        Some("0A000"),
+        "{refused}"
+    );
+    drop(tx);
+
+    // Someone holds the lock the worker's flushes take; the worker waits on it.
+    let mut api = cluster.connect_as("sigterm", "authenticator");
+    let (webinar, viewer) = (uuid(11), uuid(1));
+    let answer = buffered_heartbeat(&mut api, &viewer, &webinar);
+    let mut holder = cluster.connect("sigterm");
+    holder
+        .batch_execute("BEGIN; LOCK TABLE webinar_sessions.sweep_runs IN ACCESS EXCLUSIVE MODE;")
+        .unwrap();
+    let pid = worker_pid(&mut admin).expect("the worker runs");
+    let waiting = eventually(Duration::from_secs(10), || {
+        admin
+            .query_one(
+                "SELECT wait_event_type IS NOT DISTINCT FROM 'Lock' FROM pg_stat_activity WHERE pid = $1",
+                &[&pid],
+            )
+            .unwrap()
+            .get(0)
+    });
+    assert!(waiting, "the worker never waited on the lock");
+
+    // pg_terminate_backend ends the wait: the worker leaves and is started again.
+    let terminated: bool = admin
+        .query_one("SELECT pg_terminate_backend($1)", &[&pid])
+        .unwrap()
+        .get(0);
+    assert!(terminated);
+    let gone = eventually(Duration::from_secs(10), || {
+        admin
+            .query_one(
+                "SELECT count(*) = 0 FROM pg_stat_activity WHERE pid = $1",
+                &[&pid],
+            )
+            .unwrap()
+            .get::<_, bool>(0)
+    });
+    assert!(gone, "pg_terminate_backend did not end the waiting worker");
+    let back = eventually(Duration::from_secs(20), || worker_pid(&mut admin).is_some());
+    assert!(back, "the worker did not come back");
+    drop(admin);
+
+    // A fast stop finishes although the lock is still held, and loses nothing: what the
+    // worker could not write in time is saved with the buffer and written after the restart.
+    let started = Instant::now();
+    cluster.stop("fast");
+    let took = started.elapsed();
+    println!("fast stop while the worker waited on a lock: {took:?}");
+    assert!(
+        took < Duration::from_secs(15),
+        "the fast stop took {took:?}"
+    );
+    drop(holder);
+    cluster.start_again();
+    let mut admin = cluster.connect("sigterm");
+    let told = answer["last_heartbeat_at"].as_str().unwrap().to_string();
+    assert!(
+        eventually(Duration::from_secs(10), || stored(
+            &mut admin,
+            &answer["id"]
+        )
+        .as_ref()
+            == Some(&told)),
+        "the acknowledged heartbeat was lost across the fast stop"
+    );
+}
+
+/// 0.2.0 bug 5: on a clean stop the worker flushed only its own database; heartbeats
+/// acknowledged in another database were gone.
+#[test]
+fn a_clean_stop_keeps_the_heartbeats_of_every_database() {
+    let (cluster, admin) = buffered(
+        "races-clean-stop",
+        "main_db",
+        // Flushes far apart: only the stop can write what is buffered.
+        &["webinar_sessions.flush_interval = 3600"],
+    );
+    drop(admin);
+    let mut answers = Vec::new();
+    for database in ["main_db", "second_db"] {
+        if database != "main_db" {
+            drop(cluster.supabase_database(database));
+        }
+        let mut api = cluster.connect_as(database, "authenticator");
+        let answer = buffered_heartbeat(&mut api, &uuid(1), &uuid(12));
+        answers.push((database, answer));
+    }
+    cluster.stop("fast");
+    cluster.start_again();
+    for (database, answer) in answers {
+        let mut admin = cluster.connect(database);
+        // Written after the restart, by the worker (its own database at once, the other
+        // through a flusher); flush_interval is an hour, so ask for it in the other one.
+        settle(&mut admin);
+        assert_eq!(
+            stored(&mut admin, &answer["id"]).as_deref(),
+            answer["last_heartbeat_at"].as_str(),
+            "{database}: the acknowledged heartbeat was lost across a clean stop"
+        );
+    }
+}
+
+/// 0.2.0 bug 7: after a crash restart (a backend killed, the postmaster reinitialising) the
+/// worker swept at once: pg_postmaster_start_time() does not change then.
+#[test]
+fn no_sweep_right_after_a_crash_restart() {
+    let (cluster, mut admin) = buffered(
+        "races-grace",
+        "grace",
+        &[
+            "webinar_sessions.stale_after = '20s'",
+            "webinar_sessions.sweep_interval = 1",
+        ],
+    );
+    // Let the server be up for longer than stale_after, so that the old rule would sweep.
+    std::thread::sleep(Duration::from_secs(21));
+    admin
+        .batch_execute(
+            "INSERT INTO webinar_sessions.webinar_user_sessions
+                 (webinar_id, user_id, session_id, entered_at, last_heartbeat_at)
+             VALUES ('00000000-0000-4000-8000-000000000064', '00000000-0000-4000-8000-000000000001',
+                     'quiet', now() - interval '1 minute', now() - interval '15 seconds')",
+        )
+        .unwrap();
+    // A backend dies: the postmaster resets every process and shared memory.
+    let victim: i32 = admin
+        .query_one("SELECT pg_backend_pid()", &[])
+        .unwrap()
+        .get(0);
+    let crashed_at = Instant::now();
+    std::process::Command::new("kill")
+        .args(["-9", &victim.to_string()])
+        .status()
+        .unwrap();
+    drop(admin);
+    std::thread::sleep(Duration::from_secs(1));
+    let mut admin = cluster.connect("grace");
+    // The row is 15 s quiet at the crash: stale 5 s later. The worker must wait 20 s from its
+    // restart before sweeping, so the row is still open 10 s after the crash.
+    std::thread::sleep(Duration::from_secs(10).saturating_sub(crashed_at.elapsed()));
+    let open: bool = admin
+        .query_one(
+            "SELECT exited_at IS NULL FROM webinar_sessions.webinar_user_sessions WHERE session_id = 'quiet'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert!(open, "the worker swept within 10 s of a crash restart");
+    let restarted = cluster
+        .log()
+        .contains("all server processes terminated; reinitializing");
+    assert!(restarted, "the postmaster did not reinitialise");
+}
+
+/// 0.2.0 bug 8: a buffered heartbeat ignored its transaction.
+#[test]
+fn a_buffered_heartbeat_belongs_to_its_transaction() {
+    let (cluster, mut admin) = buffered(
+        "races-transaction",
+        "tx",
+        &["webinar_sessions.flush_interval = 3600"],
+    );
+    let mut api = cluster.connect_as("tx", "authenticator");
+    let (webinar, viewer) = (uuid(13), uuid(1));
+    let first = buffered_heartbeat(&mut api, &viewer, &webinar);
+    settle(&mut admin);
+    let written = stored(&mut admin, &first["id"]);
+    assert_eq!(written.as_deref(), first["last_heartbeat_at"].as_str());
+    std::thread::sleep(Duration::from_millis(5));
+
+    // A heartbeat rolled back is not written by the next flush.
+    let heartbeat_sql = "SET LOCAL ROLE authenticated;
+         SELECT set_config('request.jwt.claims', '{\"sub\":\"00000000-0000-4000-8000-000000000001\",\"role\":\"authenticated\"}', true);
+         SELECT status FROM public.heartbeat('00000000-0000-4000-8000-00000000000d', 'tab');";
+    let mut client = cluster.connect("tx");
+    client.batch_execute("BEGIN").unwrap();
+    client.batch_execute(heartbeat_sql).unwrap();
+    client.batch_execute("ROLLBACK").unwrap();
+    let flushed: i64 = admin
+        .query_one("SELECT webinar_sessions.flush_heartbeats()", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(flushed, 0, "a rolled-back heartbeat was written");
+    assert_eq!(stored(&mut admin, &first["id"]), written);
+
+    // A transaction with a buffered heartbeat cannot be prepared.
+    client.batch_execute("BEGIN").unwrap();
+    client.batch_execute(heartbeat_sql).unwrap();
+    let refused = client
+        .batch_execute("PREPARE TRANSACTION 'hb'")
+        .unwrap_err();
+    assert_eq!(
+        refused.as_db_error().map(|e| e.code().code()),
+        Some("0A000")
+    );
+    let prepared: i64 = admin
+        .query_one("SELECT count(*) FROM pg_prepared_xacts", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(prepared, 0);
+    settle(&mut admin);
+    assert_eq!(stored(&mut admin, &first["id"]), written);
+
+    // A heartbeat over GET (a READ ONLY transaction) fails with 25006 whether or not the
+    // session is buffered, as in direct mode.
+    for mode in ["buffered", "direct"] {
+        client.batch_execute("BEGIN READ ONLY").unwrap();
+        client
+            .batch_execute(&format!(
+                "SET LOCAL webinar_sessions.heartbeat_mode = {mode}"
+            ))
+            .unwrap();
+        let error = client.batch_execute(heartbeat_sql).unwrap_err();
+        assert_eq!(
+            error.as_db_error().map(|e| e.code().code()),
+            Some("25006"),
+            "{mode}: {error}"
+        );
+        client.batch_execute("ROLLBACK").unwrap();
+    }
+
+    // A heartbeat and a leave in one transaction: the leave writes the heartbeat.
+    client.batch_execute("BEGIN").unwrap();
+    std::thread::sleep(Duration::from_millis(5));
+    client.batch_execute(heartbeat_sql).unwrap();
+    let left = client
+        .query_one(
+            "SELECT status, to_jsonb(last_heartbeat_at) #>> '{}', (SELECT to_jsonb(now()) #>> '{}')
+               FROM public.leave_webinar('00000000-0000-4000-8000-00000000000d', 'tab')",
+            &[],
+        )
+        .unwrap();
+    client.batch_execute("COMMIT").unwrap();
+    assert_eq!(left.get::<_, String>(0), "left");
+    assert_eq!(left.get::<_, String>(1), left.get::<_, String>(2));
+}
