@@ -72,9 +72,29 @@ fn attach_signal_handlers() {
     unsafe { pg_sys::pqsignal(pg_sys::SIGTERM as i32, Some(on_sigterm)) };
 }
 
-/// Sleeps up to `timeout`; false once the worker must leave.
+/// Sleeps up to `timeout`; false once the worker must leave (SIGTERM, or the postmaster's
+/// death). Unlike pgrx's `wait_latch` it processes interrupts (a reload, a barrier that DROP
+/// DATABASE waits for) only while no SIGTERM is pending: SIGTERM's cancel request must not
+/// raise outside a transaction.
 fn wait(timeout: Duration) -> bool {
-    BackgroundWorker::wait_latch(Some(timeout)) && !TERMINATING.load(Ordering::SeqCst)
+    let events = (pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_POSTMASTER_DEATH) as i32;
+    let millis = timeout.as_millis().min(i32::MAX as u128) as _;
+    let woke = unsafe {
+        let woke = pg_sys::WaitLatch(pg_sys::MyLatch, events, millis, pg_sys::PG_WAIT_EXTENSION);
+        pg_sys::ResetLatch(pg_sys::MyLatch);
+        woke
+    };
+    if woke & pg_sys::WL_POSTMASTER_DEATH as i32 != 0 {
+        return false;
+    }
+    if !TERMINATING.load(Ordering::SeqCst) && unsafe { pg_sys::InterruptPending } != 0 {
+        // A SIGTERM that lands in between raises its cancel here: caught, and the flag ends
+        // the loop.
+        PgTryBuilder::new(|| unsafe { pg_sys::ProcessInterrupts() })
+            .catch_others(|_| ())
+            .execute();
+    }
+    !TERMINATING.load(Ordering::SeqCst)
 }
 
 /// Runs `body` in a transaction of its own. An error (a cancelled lock wait, a failing
