@@ -68,13 +68,14 @@ unsafe extern "C-unwind" fn check_heartbeat_mode(
     source: pg_sys::GucSource::Type,
 ) -> bool {
     let preloaded = PRELOADED.load(std::sync::atomic::Ordering::Relaxed);
-    if unsafe { *newval } == HeartbeatMode::Buffered as std::ffi::c_int
-        && !preloaded
-        && source >= pg_sys::GucSource::PGC_S_DATABASE
-    {
-        pgrx::notice!(
-            "webinar_sessions.heartbeat_mode = buffered needs the library in shared_preload_libraries; heartbeats stay direct"
-        );
+    if unsafe { *newval } == HeartbeatMode::Buffered as std::ffi::c_int && !preloaded {
+        // Without the buffer the setting says what heartbeats really do: direct.
+        unsafe { *newval = HeartbeatMode::Direct as std::ffi::c_int };
+        if source >= pg_sys::GucSource::PGC_S_DATABASE {
+            pgrx::notice!(
+                "webinar_sessions.heartbeat_mode = buffered needs the library in shared_preload_libraries; heartbeats stay direct"
+            );
+        }
     }
     true
 }
@@ -176,8 +177,12 @@ pub fn register(preloaded: bool) {
             GucFlags::default(),
         );
     }
-    // Reject misspelt settings such as webinar_sessions.stale_aftr.
-    unsafe { pgrx::pg_sys::MarkGUCPrefixReserved(c"webinar_sessions".as_ptr()) };
+    // Reject misspelt settings such as webinar_sessions.stale_aftr. Not when loaded late: the
+    // server-start settings are not defined then, and ALTER SYSTEM must still be able to set
+    // them for the restart that preloads the library.
+    if preloaded {
+        unsafe { pgrx::pg_sys::MarkGUCPrefixReserved(c"webinar_sessions".as_ptr()) };
+    }
 }
 
 pub fn database() -> String {

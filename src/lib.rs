@@ -24,6 +24,8 @@ pub extern "C-unwind" fn _PG_init() {
     if preloaded {
         buffer::register_shared_memory();
         worker::register();
+    } else {
+        buffer::discard_saved_buffer();
     }
 }
 
