@@ -17,7 +17,8 @@
 //!   of one session may be under way at once, in different backends); an entry with closers is
 //!   never served and blocks new entries for the key; each leave takes itself out when it
 //!   ends, and the entry goes with the last one when a leave committed;
-//! * a sweep (or a DELETE/TRUNCATE behind the API's back) counts itself into `sweeps`, under the
+//! * a sweep (or a DELETE/TRUNCATE behind the API's back) counts itself into its database's
+//!   `sweeps`, under the
 //!   exclusive lock, at the moment it collects the buffered heartbeats it will write; while any
 //!   sweep is counted every heartbeat takes the direct path (row
 //!   locks decide the race as they do without the buffer), and the entries of the rows it
@@ -137,18 +138,33 @@ impl Entry {
 
 const NO_TIME: i64 = i64::MIN;
 
+/// How many transactions of a database are sweeping now (changed under the exclusive lock).
+#[repr(C)]
+struct SweepCount {
+    database: AtomicU32,
+    count: AtomicI32,
+}
+
+const SWEEP_SLOTS: usize = 64;
+
 #[repr(C)]
 struct Shared {
     lock: *mut pg_sys::LWLock,
     capacity: i64,
-    /// How many transactions are sweeping (or deleting rows behind the API's back) now;
-    /// changed under the exclusive lock.
-    sweeps: AtomicI32,
+    /// How many transactions of each database are sweeping (or deleting rows behind the
+    /// API's back) now: a sweep in one database does not send another's heartbeats direct.
+    sweeps: [SweepCount; SWEEP_SLOTS],
+    /// Sweeps of databases that found no slot: they count for every database.
+    sweeps_elsewhere: AtomicI32,
     /// When the worker first started after this memory was set up (server start or restart
     /// after a crash): the sweeper's grace period counts from there.
     ready_at: AtomicI64,
     /// Databases that have a flusher worker now (0: a free slot).
     flushers: [AtomicU32; MAX_FLUSHERS],
+    /// The worker has written its database's buffer and left on SIGTERM (a planned stop),
+    /// and has not started again since: only then does the postmaster save the buffer at its
+    /// exit (an immediate stop also ends the postmaster with code 0, but SIGQUITs the worker).
+    worker_left_cleanly: std::sync::atomic::AtomicBool,
     /// Leaves that could not place a "closing" mark for lack of memory: while non-zero no
     /// entry is added.
     unmarked_closings: AtomicI32,
@@ -216,9 +232,16 @@ unsafe extern "C-unwind" fn create_shared_memory() {
             shared.write(Shared {
                 lock: &raw mut (*pg_sys::GetNamedLWLockTranche(TRANCHE.as_ptr())).lock,
                 capacity,
-                sweeps: AtomicI32::new(0),
+                sweeps: [const {
+                    SweepCount {
+                        database: AtomicU32::new(0),
+                        count: AtomicI32::new(0),
+                    }
+                }; SWEEP_SLOTS],
+                sweeps_elsewhere: AtomicI32::new(0),
                 ready_at: AtomicI64::new(0),
                 flushers: [const { AtomicU32::new(0) }; MAX_FLUSHERS],
+                worker_left_cleanly: std::sync::atomic::AtomicBool::new(false),
                 unmarked_closings: AtomicI32::new(0),
                 buffered: AtomicI64::new(0),
                 fallbacks: AtomicI64::new(0),
@@ -268,6 +291,12 @@ unsafe extern "C-unwind" fn save_buffer(code: std::ffi::c_int, _arg: pg_sys::Dat
     if code != 0 || unsafe { SHARED.is_null() || TABLE.is_null() } {
         return;
     }
+    if !unsafe { &*SHARED }
+        .worker_left_cleanly
+        .load(Ordering::Acquire)
+    {
+        return; // an immediate stop, or no worker to vouch for a planned one
+    }
     let mut bytes = SAVED_MAGIC.to_vec();
     let mut status = pg_sys::HASH_SEQ_STATUS::default();
     unsafe { pg_sys::hash_seq_init(&mut status, TABLE) };
@@ -301,6 +330,15 @@ fn load_saved_buffer(capacity: i64) {
         return;
     };
     let _ = std::fs::remove_file(SAVED_BUFFER);
+    // A server starting as a standby or for a recovery: its rows are not those of the
+    // shutdown that saved the buffer.
+    if ["standby.signal", "recovery.signal"]
+        .iter()
+        .any(|signal| std::path::Path::new(signal).exists())
+    {
+        log!("webinar_sessions: {SAVED_BUFFER} ignored: the server starts in recovery");
+        return;
+    }
     let Some(records) = bytes.strip_prefix(SAVED_MAGIC.as_slice()) else {
         log!("webinar_sessions: {SAVED_BUFFER} is not a saved heartbeat buffer; ignored");
         return;
@@ -332,7 +370,34 @@ fn load_saved_buffer(capacity: i64) {
         slot.flushed_at = flushed_at;
         loaded += 1;
     }
+    let saved = records.len() / SAVED_RECORD;
+    if saved > loaded {
+        warning!(
+            "webinar_sessions: buffer_capacity holds {loaded} of the {saved} buffered sessions saved at the last shutdown; the heartbeats of the others that were not yet written are lost"
+        );
+    }
     log!("webinar_sessions: loaded {loaded} buffered sessions saved at the last shutdown");
+}
+
+/// A server running without preloading changes rows behind a saved buffer's back: the file
+/// must not be loaded by a later preloaded start. Called from `_PG_init` when the library is
+/// loaded late (by any backend of such a server, before it can change a row through the API).
+pub fn discard_saved_buffer() {
+    let _ = std::fs::remove_file(SAVED_BUFFER);
+}
+
+/// The worker starts: until it leaves cleanly, the buffer is not saved at the postmaster's exit.
+pub fn worker_starting() {
+    if let Some(shared) = shared() {
+        shared.worker_left_cleanly.store(false, Ordering::Release);
+    }
+}
+
+/// The worker has written its database's heartbeats and leaves on a planned stop.
+pub fn worker_leaving_cleanly() {
+    if let Some(shared) = shared() {
+        shared.worker_left_cleanly.store(true, Ordering::Release);
+    }
 }
 
 fn shared() -> Option<&'static Shared> {
@@ -457,6 +522,9 @@ struct Beat {
     key: Key,
     row_id: [u8; 16],
     at: i64,
+    /// Written by a leave or flush of this transaction, in that subtransaction: skipped at
+    /// commit, and owed again if that subtransaction aborts.
+    written_in: Option<pg_sys::SubTransactionId>,
 }
 
 #[derive(Default)]
@@ -470,8 +538,13 @@ struct Pending {
     swept: Vec<(pg_sys::SubTransactionId, HashSet<[u8; 16]>)>,
     /// Counted in `Shared::sweeps` until this transaction ends.
     sweeping: bool,
-    /// The table was truncated: every entry of this database goes at commit.
-    forget_all: bool,
+    /// The table was truncated (in these subtransactions): every entry of this database goes
+    /// at commit.
+    forget_all: Vec<pg_sys::SubTransactionId>,
+    /// Entries this transaction created at PRE_COMMIT, removed again if it aborts after all.
+    tracked: Vec<(Key, [u8; 16])>,
+    /// The transaction called the API (any mode): it cannot be prepared.
+    used: bool,
     /// Leaves of this transaction counted in `Shared::unmarked_closings`.
     unmarked_closings: i32,
     /// Set by a flush (which also holds a lock on sweep_runs until the transaction ends).
@@ -487,7 +560,9 @@ impl Pending {
             && self.written.is_empty()
             && self.swept.is_empty()
             && !self.sweeping
-            && !self.forget_all
+            && self.forget_all.is_empty()
+            && self.tracked.is_empty()
+            && !self.used
             && self.unmarked_closings == 0
             && self.flush_started.is_none()
     }
@@ -517,6 +592,7 @@ unsafe extern "C-unwind" fn at_transaction_end(
     let commit = match event {
         pg_sys::XactEvent::XACT_EVENT_PRE_COMMIT => {
             record_beats();
+            track_opened();
             return;
         }
         pg_sys::XactEvent::XACT_EVENT_COMMIT => true,
@@ -528,7 +604,7 @@ unsafe extern "C-unwind" fn at_transaction_end(
             if !PENDING.with(|p| p.borrow().is_empty()) {
                 raise(
                     pgrx::PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
-                    "cannot PREPARE a transaction that has called webinar_sessions' heartbeat, leave, flush or sweep functions",
+                    "cannot PREPARE a transaction that has called webinar_sessions' enter, heartbeat, leave, flush or sweep functions",
                 );
             }
             return;
@@ -547,12 +623,21 @@ unsafe extern "C-unwind" fn at_transaction_end(
         for (_, key) in &pending.closing {
             leave_ended(&locked, key, false);
         }
+        // Failed after PRE_COMMIT: the rows it found or opened may not be what it saw.
+        for (key, row_id) in &pending.tracked {
+            if locked
+                .find(key)
+                .is_some_and(|e| e.row_id == *row_id && e.closers == 0)
+            {
+                locked.remove(key);
+            }
+        }
     }
     shared
         .unmarked_closings
         .fetch_sub(pending.unmarked_closings, Ordering::AcqRel);
     if pending.sweeping {
-        shared.sweeps.fetch_sub(1, Ordering::AcqRel);
+        count_sweep(shared, -1);
     }
     drop(locked);
 }
@@ -566,7 +651,11 @@ unsafe extern "C-unwind" fn at_transaction_end(
 fn record_beats() {
     let (beats, own_sweep) = PENDING.with(|p| {
         let mut pending = p.borrow_mut();
-        (std::mem::take(&mut pending.beats), pending.sweeping as i32)
+        let beats: Vec<_> = std::mem::take(&mut pending.beats)
+            .into_iter()
+            .filter(|(_, beat)| beat.written_in.is_none())
+            .collect();
+        (beats, pending.sweeping as i32)
     });
     if beats.is_empty() {
         return;
@@ -574,7 +663,7 @@ fn record_beats() {
     let Some(shared) = shared() else { return };
     let stale = {
         let locked = Locked::new(shared, false);
-        let sweeping = shared.sweeps.load(Ordering::Acquire) - own_sweep > 0;
+        let sweeping = sweeps_here(shared) - own_sweep > 0;
         let entries: Vec<Option<&Entry>> = beats
             .iter()
             .map(|(_, beat)| {
@@ -622,7 +711,13 @@ unsafe extern "C-unwind" fn at_subtransaction_end(
                 };
                 pending.opened.iter_mut().for_each(|(s, _)| adopt(s));
                 pending.closing.iter_mut().for_each(|(s, _)| adopt(s));
-                pending.beats.iter_mut().for_each(|(s, _)| adopt(s));
+                pending.beats.iter_mut().for_each(|(s, beat)| {
+                    adopt(s);
+                    if let Some(written) = beat.written_in.as_mut() {
+                        adopt(written);
+                    }
+                });
+                pending.forget_all.iter_mut().for_each(adopt);
                 pending.collected.iter_mut().for_each(|(s, ..)| adopt(s));
                 pending.written.iter_mut().for_each(|(s, _)| adopt(s));
                 pending.swept.iter_mut().for_each(|(s, _)| adopt(s));
@@ -634,6 +729,13 @@ unsafe extern "C-unwind" fn at_subtransaction_end(
                 pending.closing = kept;
                 pending.opened.retain(|(s, _)| *s < subid);
                 pending.beats.retain(|(s, _)| *s < subid);
+                // What a rolled-back leave or flush wrote is owed again.
+                for (_, beat) in pending.beats.iter_mut() {
+                    if beat.written_in.is_some_and(|w| w >= subid) {
+                        beat.written_in = None;
+                    }
+                }
+                pending.forget_all.retain(|s| *s < subid);
                 pending.collected.retain(|(s, ..)| *s < subid);
                 pending.written.retain(|(s, _)| *s < subid);
                 pending.swept.retain(|(s, _)| *s < subid);
@@ -668,11 +770,6 @@ fn leave_ended(locked: &Locked, key: &Key, committed: bool) {
 
 fn apply_commit(locked: &Locked, pending: &Pending) {
     let shared = locked.shared;
-    // Sessions this transaction found active or opened: active now, unless a leave (this
-    // transaction's too) is closing them.
-    for (_, opened) in &pending.opened {
-        track(locked, opened);
-    }
     // Left sessions: their rows are closed now.
     for (_, key) in &pending.closing {
         leave_ended(locked, key, true);
@@ -706,12 +803,35 @@ fn apply_commit(locked: &Locked, pending: &Pending) {
     }
     // Swept or deleted sessions: closed or gone now.
     let swept: HashSet<&[u8; 16]> = pending.swept.iter().flat_map(|(_, s)| s).collect();
-    if !swept.is_empty() || pending.forget_all {
+    let forget_all = !pending.forget_all.is_empty();
+    if !swept.is_empty() || forget_all {
         let database = unsafe { pg_sys::MyDatabaseId }.to_u32();
         locked.remove_where(|e| {
-            e.key.database == database && (pending.forget_all || swept.contains(&e.row_id))
+            e.key.database == database && (forget_all || swept.contains(&e.row_id))
         });
     }
+}
+
+/// At PRE_COMMIT: the sessions this transaction found active or opened enter the buffer
+/// (unless a leave, this transaction's too, is closing them). Not at COMMIT: by then the
+/// transaction is visible as committed and its row locks are about to go, so a leave or sweep
+/// could close the row and finish before the entry appeared, which would then name a closed
+/// row. Now they wait for this transaction's row locks, and find the entry.
+fn track_opened() {
+    let opened = PENDING.with(|p| std::mem::take(&mut p.borrow_mut().opened));
+    if opened.is_empty() {
+        return;
+    }
+    let Some(shared) = shared() else { return };
+    let locked = Locked::new(shared, true);
+    let mut tracked = Vec::new();
+    for (_, row) in &opened {
+        if track(&locked, row) {
+            tracked.push((row.key, row.row_id));
+        }
+    }
+    drop(locked);
+    PENDING.with(|p| p.borrow_mut().tracked.extend(tracked));
 }
 
 /// Adds or refreshes the entry for a row known to be active (exclusive lock held).
@@ -746,27 +866,76 @@ fn begin_sweeping(shared: &Shared) {
         let mut pending = p.borrow_mut();
         if !pending.sweeping {
             pending.sweeping = true;
-            shared.sweeps.fetch_add(1, Ordering::AcqRel);
+            count_sweep(shared, 1);
         }
     });
+}
+
+/// Counts a sweeping transaction of this database in or out (exclusive lock held).
+fn count_sweep(shared: &Shared, delta: i32) {
+    let database = unsafe { pg_sys::MyDatabaseId }.to_u32();
+    let slot = shared
+        .sweeps
+        .iter()
+        .find(|s| {
+            s.database.load(Ordering::Acquire) == database && s.count.load(Ordering::Acquire) > 0
+        })
+        .or_else(|| {
+            (delta > 0)
+                .then(|| {
+                    shared
+                        .sweeps
+                        .iter()
+                        .find(|s| s.count.load(Ordering::Acquire) == 0)
+                })
+                .flatten()
+        });
+    match slot {
+        Some(slot) => {
+            slot.database.store(database, Ordering::Release);
+            slot.count.fetch_add(delta, Ordering::AcqRel);
+        }
+        None => {
+            shared.sweeps_elsewhere.fetch_add(delta, Ordering::AcqRel);
+        }
+    }
+}
+
+/// How many transactions sweep this database now (or any, for those without a slot).
+fn sweeps_here(shared: &Shared) -> i32 {
+    let database = unsafe { pg_sys::MyDatabaseId }.to_u32();
+    let here: i32 = shared
+        .sweeps
+        .iter()
+        .filter(|s| s.database.load(Ordering::Acquire) == database)
+        .map(|s| s.count.load(Ordering::Acquire))
+        .sum();
+    here + shared.sweeps_elsewhere.load(Ordering::Acquire)
 }
 
 /// Takes this transaction's buffered heartbeats that `which` selects out of its pending
 /// list, as the newest time per session: the caller writes them in the transaction.
 fn take_own_beats(which: impl Fn(&Beat) -> bool) -> std::collections::HashMap<Key, i64> {
+    let sub = subtransaction();
     PENDING.with(|p| {
         let mut pending = p.borrow_mut();
-        let (taken, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut pending.beats)
-            .into_iter()
-            .partition(|(_, beat)| which(beat));
-        pending.beats = kept;
         let mut newest = std::collections::HashMap::new();
-        for (_, beat) in taken {
-            let at = newest.entry(beat.key).or_insert(beat.at);
-            *at = (*at).max(beat.at);
+        for (_, beat) in pending.beats.iter_mut() {
+            if beat.written_in.is_none() && which(beat) {
+                beat.written_in = Some(sub);
+                let at = newest.entry(beat.key).or_insert(beat.at);
+                *at = (*at).max(beat.at);
+            }
         }
         newest
     })
+}
+
+/// The transaction called the API: it cannot be prepared (in either mode: a prepared
+/// transaction would hold a session's row, or the lock flushes and sweeps take, until it is
+/// finished, and stall every flush and sweep of its database).
+fn mark_used() {
+    PENDING.with(|p| p.borrow_mut().used = true);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -795,7 +964,7 @@ fn buffered_heartbeat(
     let key = Key::new(&webinar_id, &user, session_id)?;
     let (row_id, entered_at, at, alive_at) = {
         let locked = Locked::new(shared, false);
-        if shared.sweeps.load(Ordering::Acquire) != 0 {
+        if sweeps_here(shared) != 0 {
             return None;
         }
         let entry = locked.find(&key)?;
@@ -807,7 +976,12 @@ fn buffered_heartbeat(
         (entry.row_id, entry.entered_at, at, alive_at)
     };
     // Recorded in the entry when this transaction commits (`record_beats`).
-    let beat = Beat { key, row_id, at };
+    let beat = Beat {
+        key,
+        row_id,
+        at,
+        written_in: None,
+    };
     PENDING.with(|p| p.borrow_mut().beats.push((subtransaction(), beat)));
     shared.buffered.fetch_add(1, Ordering::Relaxed);
     Some(session_status(
@@ -862,6 +1036,7 @@ fn buffer_track(
     entered_at: TimestampWithTimeZone,
     alive_at: Option<TimestampWithTimeZone>,
 ) -> bool {
+    mark_used();
     if !buffering() {
         return false;
     }
@@ -887,6 +1062,7 @@ fn buffer_closing(
     user_id: Uuid,
     session_id: &str,
 ) -> Option<TimestampWithTimeZone> {
+    mark_used();
     let shared = available()?;
     let key = Key::new(&webinar_id, &user_id, session_id)?;
     // This transaction's own buffered heartbeats of the session: the leave writes them.
@@ -920,6 +1096,7 @@ fn buffer_closing(
 fn buffer_collect(
     for_sweep: bool,
 ) -> TableIterator<'static, (name!(id, Uuid), name!(alive_at, TimestampWithTimeZone))> {
+    mark_used();
     let Some(shared) = available() else {
         return TableIterator::new(Vec::new());
     };
@@ -970,6 +1147,7 @@ fn id_set(ids: Option<Array<Uuid>>) -> HashSet<[u8; 16]> {
 /// The rows a flush wrote (the others it collected were closed or gone).
 #[pg_extern(volatile, parallel_unsafe, name = "_buffer_written")]
 fn buffer_written(ids: Option<Array<Uuid>>) {
+    mark_used();
     let ids = id_set(ids);
     PENDING.with(|p| p.borrow_mut().written.push((subtransaction(), ids)));
 }
@@ -977,6 +1155,7 @@ fn buffer_written(ids: Option<Array<Uuid>>) {
 /// The rows a sweep closed: their entries go when it commits.
 #[pg_extern(volatile, parallel_unsafe, name = "_buffer_swept")]
 fn buffer_swept(ids: Option<Array<Uuid>>) {
+    mark_used();
     if shared().is_none() {
         return;
     }
@@ -997,7 +1176,10 @@ fn buffer_forget(ids: Option<Array<Uuid>>, all: bool) {
     }
     PENDING.with(|p| {
         let mut pending = p.borrow_mut();
-        pending.forget_all |= all;
+        pending.used = true;
+        if all {
+            pending.forget_all.push(subtransaction());
+        }
         pending.swept.push((subtransaction(), ids));
     });
 }

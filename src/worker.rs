@@ -156,6 +156,7 @@ pub extern "C-unwind" fn webinar_sessions_sweeper_main(_arg: pg_sys::Datum) {
     log!("webinar_sessions sweeper started in database \"{database}\"");
     // Silence from before the server (re)started proves nothing: no client could reach it.
     let ready_at = buffer::ready_at();
+    buffer::worker_starting();
 
     let mut last_sweep: Option<Instant> = None;
     let mut last_flush = Instant::now();
@@ -213,6 +214,7 @@ pub extern "C-unwind" fn webinar_sessions_sweeper_main(_arg: pg_sys::Datum) {
     // parent, and nothing is left to write to).
     if std::os::unix::process::parent_id() == unsafe { pg_sys::PostmasterPid } as u32 {
         final_flush();
+        buffer::worker_leaving_cleanly();
     }
     log!("webinar_sessions sweeper exiting");
     // Exit code 1 asks the postmaster to start the worker again: after an administrator's
