@@ -77,6 +77,8 @@ LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = ''
 AS $$
 BEGIN
+    -- Durable, even after a heartbeat earlier in the same transaction turned it off.
+    SET LOCAL synchronous_commit TO DEFAULT;
     RETURN webinar_sessions._mark_alive(
         enter.webinar_id,
         webinar_sessions._checked_user(enter.webinar_id, enter.session_id, enter.user_id),
@@ -87,7 +89,9 @@ COMMENT ON FUNCTION webinar_sessions.enter(uuid, text, uuid) IS
     'Opens the session, or returns (and marks alive) the active one for the same key: status entered or resumed.';
 
 -- A heartbeat is a sign of life, not a payment: it commits without waiting for the WAL
--- flush (synchronous_commit off for this transaction only). A crash can lose the last
+-- flush (synchronous_commit off for this transaction only), unless the transaction has
+-- written something else already (an enter or leave must stay durable; they also turn it
+-- back on when they come after). A crash can lose the last
 -- fraction of a second of heartbeats, which moves a session's recorded end back by that
 -- much; it can never lose or corrupt a session: a heartbeat that opens one commits durably.
 --
@@ -118,7 +122,9 @@ BEGIN
     END IF;
     v_user := webinar_sessions._checked_user(heartbeat.webinar_id, heartbeat.session_id, heartbeat.user_id);
     v_interval := webinar_sessions._heartbeat_interval_s();
-    v_async := pg_catalog.set_config('synchronous_commit', 'off', true);
+    IF pg_catalog.txid_current_if_assigned() IS NULL THEN
+        v_async := pg_catalog.set_config('synchronous_commit', 'off', true);
+    END IF;
     UPDATE webinar_sessions.webinar_user_sessions AS s
        SET last_heartbeat_at = greatest(s.last_heartbeat_at, now(), s.entered_at),
            updated_at = now()
@@ -160,6 +166,8 @@ DECLARE
     v_unwritten timestamptz := webinar_sessions._buffer_closing(leave.webinar_id, v_user, leave.session_id);
     r webinar_sessions.session_status;
 BEGIN
+    -- Durable, even after a heartbeat earlier in the same transaction turned it off.
+    SET LOCAL synchronous_commit TO DEFAULT;
     UPDATE webinar_sessions.webinar_user_sessions AS s
        SET exited_at = greatest(now(), s.last_heartbeat_at, v_unwritten, s.entered_at),
            last_heartbeat_at = greatest(s.last_heartbeat_at, v_unwritten),
@@ -194,7 +202,9 @@ DECLARE
     v_opened bigint;
 BEGIN
     PERFORM webinar_sessions._check_batch(webinar_ids, session_ids, user_ids);
-    PERFORM pg_catalog.set_config('synchronous_commit', 'off', true);
+    IF pg_catalog.txid_current_if_assigned() IS NULL THEN
+        PERFORM pg_catalog.set_config('synchronous_commit', 'off', true);
+    END IF;
     WITH marked AS (
         INSERT INTO webinar_sessions.webinar_user_sessions AS s
                (webinar_id, user_id, session_id, entered_at, last_heartbeat_at, updated_at)
@@ -262,6 +272,8 @@ DECLARE
     v_closed uuid[];
     v_swept bigint;
 BEGIN
+    -- Durable, even after a heartbeat earlier in the same transaction turned it off.
+    SET LOCAL synchronous_commit TO DEFAULT;
     PERFORM webinar_sessions._flush_buffer(true);
     WITH closed AS (
         UPDATE webinar_sessions.webinar_user_sessions AS s
