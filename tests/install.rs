@@ -233,6 +233,10 @@ fn loads_late_without_preloading_and_works_in_direct_mode() {
         "no NOTICE for buffered without preloading: {said:?}"
     );
     assert_eq!(buffer_mode(&mut client).0, "direct");
+    assert_eq!(
+        show(&mut client, "webinar_sessions.heartbeat_mode").unwrap(),
+        "direct"
+    );
 
     // The client API, the sweep by hand and the statistics, as PostgREST calls them.
     let mut api = cluster.connect_as("late", "authenticator");

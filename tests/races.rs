@@ -360,3 +360,163 @@ fn a_buffered_heartbeat_belongs_to_its_transaction() {
     assert_eq!(left.get::<_, String>(0), "left");
     assert_eq!(left.get::<_, String>(1), left.get::<_, String>(2));
 }
+
+/// Found by adversarial testing of the fixes: savepoints, durability of a transaction that
+/// mixes a heartbeat with an enter or leave, and preparing a direct-mode heartbeat.
+#[test]
+fn savepoints_durability_and_prepare_keep_the_promises() {
+    let (cluster, mut admin) = buffered(
+        "races-savepoints",
+        "sp",
+        &["webinar_sessions.flush_interval = 3600"],
+    );
+    let mut api = cluster.connect_as("sp", "authenticator");
+    let (webinar, viewer) = (uuid(14), uuid(1));
+    buffered_heartbeat(&mut api, &viewer, &webinar);
+    settle(&mut admin);
+    let as_viewer = "SET LOCAL ROLE authenticated;
+         SELECT set_config('request.jwt.claims', '{\"sub\":\"00000000-0000-4000-8000-000000000001\",\"role\":\"authenticated\"}', true);";
+    let webinar_arg = "'00000000-0000-4000-8000-00000000000e', 'tab'";
+    let mut client = cluster.connect("sp");
+
+    // A leave, a flush or a sweep rolled back to a savepoint leaves the transaction's own
+    // buffered heartbeat owed: it is recorded at commit.
+    for undone in [
+        format!("SELECT public.leave_webinar({webinar_arg})"),
+        "SELECT webinar_sessions.flush_heartbeats()".to_string(),
+        "SELECT webinar_sessions.sweep_stale_sessions('1 hour')".to_string(),
+    ] {
+        std::thread::sleep(Duration::from_millis(5));
+        client.batch_execute("BEGIN").unwrap();
+        client.batch_execute(as_viewer).unwrap();
+        let told: String = client
+            .query_one(
+                &format!("SELECT to_jsonb(last_heartbeat_at) #>> '{{}}' FROM public.heartbeat({webinar_arg})"),
+                &[],
+            )
+            .unwrap()
+            .get(0);
+        client.batch_execute("RESET ROLE; SAVEPOINT s").unwrap();
+        client.batch_execute(&undone).unwrap();
+        client
+            .batch_execute("ROLLBACK TO SAVEPOINT s; COMMIT")
+            .unwrap();
+        settle(&mut admin);
+        let stored: String = admin
+            .query_one(
+                "SELECT to_jsonb(last_heartbeat_at) #>> '{}' FROM webinar_sessions.webinar_user_sessions WHERE exited_at IS NULL",
+                &[],
+            )
+            .unwrap()
+            .get(0);
+        assert_eq!(stored, told, "after `{undone}` rolled back to a savepoint");
+    }
+
+    // A TRUNCATE rolled back to a savepoint does not empty the buffer.
+    let used = |admin: &mut Client| -> i64 {
+        admin
+            .query_one("SELECT used FROM webinar_sessions.buffer_stats", &[])
+            .unwrap()
+            .get(0)
+    };
+    let before = used(&mut admin);
+    assert!(before > 0);
+    client
+        .batch_execute("BEGIN; SAVEPOINT s; TRUNCATE webinar_sessions.webinar_user_sessions; ROLLBACK TO SAVEPOINT s; COMMIT")
+        .unwrap();
+    assert_eq!(
+        used(&mut admin),
+        before,
+        "a rolled-back TRUNCATE emptied the buffer"
+    );
+
+    // A direct heartbeat commits asynchronously only when the transaction wrote nothing else:
+    // an enter or leave in the same transaction, before or after it, stays durable.
+    for (first, second) in [
+        ("heartbeat", "leave_webinar"),
+        ("enter_webinar", "heartbeat"),
+    ] {
+        client.batch_execute("BEGIN").unwrap();
+        client
+            .batch_execute("SET LOCAL webinar_sessions.heartbeat_mode = direct")
+            .unwrap();
+        client.batch_execute(as_viewer).unwrap();
+        client
+            .batch_execute(&format!(
+                "SELECT public.{first}({webinar_arg}); SELECT public.{second}({webinar_arg})"
+            ))
+            .unwrap();
+        let durability: String = client
+            .query_one("SHOW synchronous_commit", &[])
+            .unwrap()
+            .get(0);
+        client.batch_execute("COMMIT").unwrap();
+        assert_eq!(
+            durability, "on",
+            "{first} then {second} committed asynchronously"
+        );
+    }
+
+    // A transaction that called the API cannot be prepared, in direct mode too (it would hold
+    // a session's row, and stall every flush and sweep, until it was finished).
+    client.batch_execute("BEGIN").unwrap();
+    client
+        .batch_execute("SET LOCAL webinar_sessions.heartbeat_mode = direct")
+        .unwrap();
+    client.batch_execute(as_viewer).unwrap();
+    client
+        .batch_execute(&format!("SELECT public.heartbeat({webinar_arg})"))
+        .unwrap();
+    let refused = client
+        .batch_execute("PREPARE TRANSACTION 'direct'")
+        .unwrap_err();
+    assert_eq!(
+        refused.as_db_error().map(|e| e.code().code()),
+        Some("0A000")
+    );
+}
+
+/// The buffer is saved only at a planned stop, and never loaded after the server ran
+/// without preloading (rows may have changed behind it).
+#[test]
+fn the_saved_buffer_is_written_only_at_a_clean_stop_and_trusted_only_then() {
+    let (cluster, admin) = buffered("races-saved", "saved", &[]);
+    drop(admin);
+    let mut api = cluster.connect_as("saved", "authenticator");
+    let (webinar, viewer) = (uuid(15), uuid(1));
+    buffered_heartbeat(&mut api, &viewer, &webinar);
+    drop(api);
+    let saved = cluster.data_dir().join("pg_stat/webinar_sessions.buffer");
+
+    cluster.stop("immediate");
+    assert!(!saved.exists(), "an immediate stop saved the buffer");
+    cluster.start_again();
+    let mut admin = cluster.connect("saved");
+    assert!(eventually(Duration::from_secs(20), || worker_pid(
+        &mut admin
+    )
+    .is_some()));
+    drop(admin);
+    cluster.stop("fast");
+    assert!(saved.exists(), "a fast stop did not save the buffer");
+
+    // A run without preloading: the first call of the library discards the file.
+    cluster.append_conf("shared_preload_libraries = ''");
+    cluster.start_again();
+    let mut api = cluster.connect_as("saved", "authenticator");
+    call(&mut api, "public.leave_webinar", &viewer, &webinar);
+    assert!(
+        !saved.exists(),
+        "the saved buffer outlived a run without preloading"
+    );
+    drop(api);
+    cluster.stop("fast");
+    cluster.append_conf("shared_preload_libraries = 'webinar_sessions'");
+    cluster.start_again();
+    let mut api = cluster.connect_as("saved", "authenticator");
+    let back = call(&mut api, "public.heartbeat", &viewer, &webinar);
+    assert_eq!(
+        back["status"], "reopened",
+        "the left session was served from a stale buffer"
+    );
+}
