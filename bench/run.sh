@@ -2,7 +2,7 @@
 # The benchmark: webinar_sessions against the seed's design and against the machine's limit,
 # on a throwaway PostgreSQL (fsync on, default durability) that it starts and stops itself.
 #
-#   bench/run.sh              the full run (about 15 minutes on 2 cores)
+#   bench/run.sh              the full run (about 20 minutes on 2 cores, the analytics included)
 #   bench/run.sh --smoke      seconds-long, to keep the script working in CI (output under target/)
 #
 # Options: --seconds S (per heartbeat measurement, default 20), --rounds R (default 3),
@@ -304,3 +304,12 @@ cp "$cluster/server.log" "$out/server.log"
 rm -f "$out"/latency-*.ms
 echo
 cat "$summary"
+
+# The analytics at the scale of a big webinar, on a cluster of their own (bench/analytics.sh).
+echo
+if ((smoke)); then
+    bench/analytics.sh --no-install --smoke --out "$out"
+else
+    bench/analytics.sh --no-install --out "$out"
+fi
+cat "$out/analytics.md" >>"$summary"

@@ -124,34 +124,20 @@ BEGIN
 END
 $$;
 
--- Distinct viewers per point of a time grid origin + k * step, k = 0 .. p_points - 1.
--- With p_instant a viewer counts at point k when present at that instant; otherwise when
--- present at any time in [point, point + step). Each stretch is expanded into the grid
--- points it covers, so the cost follows the presence, not points times viewers.
-CREATE FUNCTION webinar_sessions._viewers_on_grid(
-    p_webinar_id uuid, p_origin timestamptz, p_step interval, p_points bigint, p_instant boolean)
-RETURNS TABLE (k bigint, viewers bigint)
-LANGUAGE sql STABLE
+-- A webinar's presence: its sessions merged into each viewer's stretches, by the Rust
+-- aggregate _presence_of (src/stats.rs) after one sort. concurrency, retention and attendance
+-- read their figures from it, so each costs one pass over the webinar's sessions.
+-- (plpgsql, not sql: a sql function passes its result through a tuplestore, and the
+-- presence of a big webinar, some tens of MB, would spill it to disk.)
+CREATE FUNCTION webinar_sessions._presence_for(p_webinar_id uuid)
+RETURNS bytea
+LANGUAGE plpgsql STABLE
 AS $$
-    WITH stretches AS (
-        SELECT p.user_id,
-               extract(epoch FROM p.started_at - p_origin) / extract(epoch FROM p_step) AS first_at,
-               extract(epoch FROM p.ended_at - p_origin) / extract(epoch FROM p_step) AS end_at
-          FROM webinar_sessions.presence AS p
-         WHERE p.webinar_id = p_webinar_id
-           AND p.ended_at > p.started_at
-    ), covered AS (
-        SELECT DISTINCT s.user_id, g.k
-          FROM stretches AS s
-         CROSS JOIN LATERAL generate_series(
-                   greatest(0, CASE WHEN p_instant THEN ceil(s.first_at) ELSE floor(s.first_at) END)::bigint,
-                   least(p_points, ceil(s.end_at))::bigint - 1) AS g(k)
-    )
-    SELECT grid.k, count(c.user_id)
-      FROM generate_series(0, p_points - 1) AS grid(k)
-      LEFT JOIN covered AS c ON c.k = grid.k
-     GROUP BY grid.k
-     ORDER BY grid.k;
+BEGIN
+    RETURN (SELECT webinar_sessions._presence_of(s.user_id, s.started_at, s.ended_at)
+              FROM webinar_sessions.session_spans AS s
+             WHERE s.webinar_id = p_webinar_id);
+END
 $$;
 
 CREATE FUNCTION webinar_sessions._grid_size(p_span interval, p_step interval)
@@ -175,6 +161,7 @@ LANGUAGE plpgsql STABLE
 SET search_path = ''
 AS $$
 DECLARE
+    v_presence bytea;
     v_first timestamptz;
     v_last timestamptz;
     v_origin timestamptz;
@@ -182,9 +169,9 @@ DECLARE
 BEGIN
     PERFORM webinar_sessions._check_not_null('webinar_id', concurrency.webinar_id IS NULL);
     PERFORM webinar_sessions._check_span('bucket', concurrency.bucket);
-    SELECT min(p.started_at), max(p.ended_at) INTO v_first, v_last
-      FROM webinar_sessions.presence AS p
-     WHERE p.webinar_id = concurrency.webinar_id;
+    v_presence := webinar_sessions._presence_for(concurrency.webinar_id);
+    SELECT b.first_at, b.last_at INTO v_first, v_last
+      FROM webinar_sessions._presence_bounds(v_presence) AS b;
     IF v_first IS NULL THEN
         RETURN;
     END IF;
@@ -196,7 +183,7 @@ BEGIN
         -- The grid counts in seconds; so must the labels (k * '1 day' would be calendar days,
         -- 23 or 25 hours across a daylight-saving change in the session's time zone).
         SELECT v_origin + g.k * (extract(epoch FROM concurrency.bucket) * interval '1 second'), g.viewers
-          FROM webinar_sessions._viewers_on_grid(concurrency.webinar_id, v_origin, concurrency.bucket, v_points, false) AS g;
+          FROM webinar_sessions._presence_grid(v_presence, v_origin, concurrency.bucket, v_points, false) AS g;
 END
 $$;
 COMMENT ON FUNCTION webinar_sessions.concurrency(uuid, interval) IS
@@ -207,9 +194,13 @@ CREATE FUNCTION webinar_sessions.attendance(
 RETURNS TABLE (user_id uuid, watched_seconds double precision, ratio double precision, attended boolean)
 LANGUAGE plpgsql STABLE
 SET search_path = ''
+-- One row per viewer: 200,000 rows of a big webinar are about 12 MB, which the result's
+-- tuplestore keeps in memory instead of spilling at the default 4 MB.
+SET work_mem = '128MB'
 AS $$
 DECLARE
     v_length double precision;
+    v_presence bytea;
 BEGIN
     PERFORM webinar_sessions._check_not_null('webinar_id', attendance.webinar_id IS NULL);
     PERFORM webinar_sessions._check_not_null('starts_at', attendance.starts_at IS NULL);
@@ -231,15 +222,12 @@ BEGIN
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
     v_length := extract(epoch FROM attendance.ends_at - attendance.starts_at);
+    v_presence := webinar_sessions._presence_for(attendance.webinar_id);
+    -- _presence_overlap returns the viewers most time first, then by user_id: the order
+    -- comes from there (no sort of every viewer here).
     RETURN QUERY
         SELECT w.user_id, w.seconds, w.seconds / v_length, w.seconds / v_length >= attendance.min_ratio
-          FROM (SELECT p.user_id,
-                       sum(greatest(0, extract(epoch FROM least(p.ended_at, attendance.ends_at)
-                                                          - greatest(p.started_at, attendance.starts_at))))::double precision AS seconds
-                  FROM webinar_sessions.presence AS p
-                 WHERE p.webinar_id = attendance.webinar_id
-                 GROUP BY p.user_id) AS w
-         ORDER BY w.seconds DESC, w.user_id;
+          FROM webinar_sessions._presence_overlap(v_presence, attendance.starts_at, attendance.ends_at) AS w;
 END
 $$;
 COMMENT ON FUNCTION webinar_sessions.attendance(uuid, timestamptz, timestamptz, double precision) IS
@@ -253,6 +241,7 @@ SET search_path = ''
 AS $$
 DECLARE
     v_points bigint;
+    v_presence bytea;
 BEGIN
     PERFORM webinar_sessions._check_not_null('webinar_id', retention.webinar_id IS NULL);
     PERFORM webinar_sessions._check_not_null('starts_at', retention.starts_at IS NULL);
@@ -270,9 +259,10 @@ BEGIN
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
     v_points := webinar_sessions._grid_size(retention.ends_at - retention.starts_at, retention.bucket);
+    v_presence := coalesce(webinar_sessions._presence_for(retention.webinar_id), '\x'::bytea);
     RETURN QUERY
         SELECT floor(extract(epoch FROM g.k * retention.bucket) / 60)::integer, g.viewers
-          FROM webinar_sessions._viewers_on_grid(retention.webinar_id, retention.starts_at, retention.bucket, v_points, true) AS g;
+          FROM webinar_sessions._presence_grid(v_presence, retention.starts_at, retention.bucket, v_points, true) AS g;
 END
 $$;
 COMMENT ON FUNCTION webinar_sessions.retention(uuid, timestamptz, timestamptz, interval) IS

@@ -1,11 +1,15 @@
--- webinar_sessions 0.2.0 -> 0.3.0: correctness fixes.
+-- webinar_sessions 0.2.0 -> 0.3.0: correctness under concurrency, and analytics that scale.
 --
 -- * last_heartbeat_at never moves backwards: the heartbeat, the session opener and the batch
 --   keep the newer of the stored time and now().
+-- * A heartbeat commits asynchronously only when its transaction has written nothing else;
+--   enter, leave and sweeps turn durability back on for theirs.
 -- * The grace period after a (re)start moved into the worker, which knows when the server
 --   came back after a crash (pg_postmaster_start_time() does not change then).
--- * concurrency() labels its buckets in seconds, as it counts them, across a daylight-saving
---   change; attendance() and retention() refuse infinite times with 22023.
+-- * concurrency, retention and attendance read a webinar's presence merged once by a Rust
+--   aggregate (_presence_of) instead of expanding every stretch into its buckets;
+--   concurrency labels its buckets in seconds, as it counts them, across a daylight-saving
+--   change; attendance and retention refuse infinite times with 22023.
 -- The heartbeat buffer's fixes are in the library. Data is untouched. tests/upgrade.rs checks
 -- that a database updated through this script ends up with exactly the objects, definitions
 -- and privileges of a fresh 0.3.0.
@@ -63,6 +67,21 @@ BEGIN
 END
 $$;
 
+CREATE OR REPLACE FUNCTION webinar_sessions.enter(webinar_id uuid, session_id text, user_id uuid DEFAULT NULL)
+RETURNS webinar_sessions.session_status
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = ''
+AS $$
+BEGIN
+    -- Durable, even after a heartbeat earlier in the same transaction turned it off.
+    SET LOCAL synchronous_commit TO DEFAULT;
+    RETURN webinar_sessions._mark_alive(
+        enter.webinar_id,
+        webinar_sessions._checked_user(enter.webinar_id, enter.session_id, enter.user_id),
+        enter.session_id, 'resumed', 'entered', false);
+END
+$$;
+
 CREATE OR REPLACE FUNCTION webinar_sessions.heartbeat(webinar_id uuid, session_id text, user_id uuid DEFAULT NULL)
 RETURNS webinar_sessions.session_status
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
@@ -81,7 +100,9 @@ BEGIN
     END IF;
     v_user := webinar_sessions._checked_user(heartbeat.webinar_id, heartbeat.session_id, heartbeat.user_id);
     v_interval := webinar_sessions._heartbeat_interval_s();
-    v_async := pg_catalog.set_config('synchronous_commit', 'off', true);
+    IF pg_catalog.txid_current_if_assigned() IS NULL THEN
+        v_async := pg_catalog.set_config('synchronous_commit', 'off', true);
+    END IF;
     UPDATE webinar_sessions.webinar_user_sessions AS s
        SET last_heartbeat_at = greatest(s.last_heartbeat_at, now(), s.entered_at),
            updated_at = now()
@@ -108,6 +129,40 @@ BEGIN
 END
 $$;
 
+CREATE OR REPLACE FUNCTION webinar_sessions.leave(webinar_id uuid, session_id text, user_id uuid DEFAULT NULL)
+RETURNS webinar_sessions.session_status
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = ''
+AS $$
+DECLARE
+    v_user uuid := webinar_sessions._checked_user(leave.webinar_id, leave.session_id, leave.user_id);
+    v_interval integer := webinar_sessions._heartbeat_interval_s();
+    -- Takes the session out of the heartbeat buffer (for good when this commits), with its
+    -- newest heartbeat not yet written.
+    v_unwritten timestamptz := webinar_sessions._buffer_closing(leave.webinar_id, v_user, leave.session_id);
+    r webinar_sessions.session_status;
+BEGIN
+    -- Durable, even after a heartbeat earlier in the same transaction turned it off.
+    SET LOCAL synchronous_commit TO DEFAULT;
+    UPDATE webinar_sessions.webinar_user_sessions AS s
+       SET exited_at = greatest(now(), s.last_heartbeat_at, v_unwritten, s.entered_at),
+           last_heartbeat_at = greatest(s.last_heartbeat_at, v_unwritten),
+           exit_reason = 'left',
+           updated_at = now()
+     WHERE s.webinar_id = leave.webinar_id
+       AND s.user_id = v_user
+       AND s.session_id = leave.session_id
+       AND s.exited_at IS NULL
+    RETURNING s.id, s.webinar_id, s.session_id, 'left',
+              s.entered_at, s.last_heartbeat_at, s.exited_at, v_interval
+    INTO r;
+    IF NOT FOUND THEN
+        r := ROW(NULL, leave.webinar_id, leave.session_id, 'not_found', NULL, NULL, NULL, v_interval);
+    END IF;
+    RETURN r;
+END
+$$;
+
 CREATE OR REPLACE FUNCTION webinar_sessions.heartbeat_batch(webinar_ids uuid[], session_ids text[], user_ids uuid[])
 RETURNS bigint
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
@@ -118,7 +173,9 @@ DECLARE
     v_opened bigint;
 BEGIN
     PERFORM webinar_sessions._check_batch(webinar_ids, session_ids, user_ids);
-    PERFORM pg_catalog.set_config('synchronous_commit', 'off', true);
+    IF pg_catalog.txid_current_if_assigned() IS NULL THEN
+        PERFORM pg_catalog.set_config('synchronous_commit', 'off', true);
+    END IF;
     WITH marked AS (
         INSERT INTO webinar_sessions.webinar_user_sessions AS s
                (webinar_id, user_id, session_id, entered_at, last_heartbeat_at, updated_at)
@@ -136,6 +193,36 @@ BEGIN
         SET LOCAL synchronous_commit TO DEFAULT;
     END IF;
     RETURN v_count;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION webinar_sessions._sweep(p_stale_after interval, p_source text)
+RETURNS bigint
+LANGUAGE plpgsql VOLATILE
+SET search_path = ''
+AS $$
+DECLARE
+    v_started timestamptz := clock_timestamp();
+    v_closed uuid[];
+    v_swept bigint;
+BEGIN
+    -- Durable, even after a heartbeat earlier in the same transaction turned it off.
+    SET LOCAL synchronous_commit TO DEFAULT;
+    PERFORM webinar_sessions._flush_buffer(true);
+    WITH closed AS (
+        UPDATE webinar_sessions.webinar_user_sessions AS s
+           SET exited_at = coalesce(s.last_heartbeat_at, s.entered_at),
+               exit_reason = 'swept',
+               updated_at = now()
+         WHERE s.exited_at IS NULL
+           AND coalesce(s.last_heartbeat_at, s.entered_at) < now() - p_stale_after
+        RETURNING s.id
+    )
+    SELECT pg_catalog.array_agg(closed.id) INTO v_closed FROM closed;
+    v_swept := coalesce(pg_catalog.cardinality(v_closed), 0);
+    PERFORM webinar_sessions._buffer_swept(v_closed);
+    PERFORM webinar_sessions._record_sweep(v_started, v_swept, p_source, p_stale_after, NULL);
+    RETURN v_swept;
 END
 $$;
 
@@ -157,12 +244,74 @@ BEGIN
 END
 $$;
 
+-- The library's new entry points (src/stats.rs).
+CREATE FUNCTION webinar_sessions._presence_of_final(
+	"state" internal
+) RETURNS bytea
+IMMUTABLE PARALLEL SAFE
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'presence_of_final_wrapper';
+
+CREATE FUNCTION webinar_sessions._presence_bounds(
+	"presence" bytea
+) RETURNS TABLE (
+	"first_at" timestamp with time zone,
+	"last_at" timestamp with time zone
+)
+IMMUTABLE STRICT PARALLEL SAFE
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'presence_bounds_wrapper';
+
+CREATE FUNCTION webinar_sessions._presence_grid(
+	"presence" bytea,
+	"origin" timestamp with time zone,
+	"step" interval,
+	"points" bigint,
+	"instant" bool
+) RETURNS TABLE (
+	"k" bigint,
+	"viewers" bigint
+)
+IMMUTABLE STRICT PARALLEL SAFE
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'presence_grid_wrapper';
+
+CREATE FUNCTION webinar_sessions._presence_overlap(
+	"presence" bytea,
+	"window_start" timestamp with time zone,
+	"window_end" timestamp with time zone
+) RETURNS TABLE (
+	"user_id" uuid,
+	"seconds" double precision
+)
+IMMUTABLE STRICT PARALLEL SAFE
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'presence_overlap_wrapper';
+
+CREATE AGGREGATE webinar_sessions._presence_of(uuid, timestamptz, timestamptz) (
+    SFUNC = webinar_sessions._presence_summary_add,
+    STYPE = internal,
+    FINALFUNC = webinar_sessions._presence_of_final
+);
+
+CREATE FUNCTION webinar_sessions._presence_for(p_webinar_id uuid)
+RETURNS bytea
+LANGUAGE plpgsql STABLE
+AS $$
+BEGIN
+    RETURN (SELECT webinar_sessions._presence_of(s.user_id, s.started_at, s.ended_at)
+              FROM webinar_sessions.session_spans AS s
+             WHERE s.webinar_id = p_webinar_id);
+END
+$$;
+
 CREATE OR REPLACE FUNCTION webinar_sessions.concurrency(webinar_id uuid, bucket interval DEFAULT '1 minute')
 RETURNS TABLE (bucket_start timestamptz, viewers bigint)
 LANGUAGE plpgsql STABLE
 SET search_path = ''
 AS $$
 DECLARE
+    v_presence bytea;
     v_first timestamptz;
     v_last timestamptz;
     v_origin timestamptz;
@@ -170,9 +319,9 @@ DECLARE
 BEGIN
     PERFORM webinar_sessions._check_not_null('webinar_id', concurrency.webinar_id IS NULL);
     PERFORM webinar_sessions._check_span('bucket', concurrency.bucket);
-    SELECT min(p.started_at), max(p.ended_at) INTO v_first, v_last
-      FROM webinar_sessions.presence AS p
-     WHERE p.webinar_id = concurrency.webinar_id;
+    v_presence := webinar_sessions._presence_for(concurrency.webinar_id);
+    SELECT b.first_at, b.last_at INTO v_first, v_last
+      FROM webinar_sessions._presence_bounds(v_presence) AS b;
     IF v_first IS NULL THEN
         RETURN;
     END IF;
@@ -184,7 +333,7 @@ BEGIN
         -- The grid counts in seconds; so must the labels (k * '1 day' would be calendar days,
         -- 23 or 25 hours across a daylight-saving change in the session's time zone).
         SELECT v_origin + g.k * (extract(epoch FROM concurrency.bucket) * interval '1 second'), g.viewers
-          FROM webinar_sessions._viewers_on_grid(concurrency.webinar_id, v_origin, concurrency.bucket, v_points, false) AS g;
+          FROM webinar_sessions._presence_grid(v_presence, v_origin, concurrency.bucket, v_points, false) AS g;
 END
 $$;
 
@@ -193,9 +342,13 @@ CREATE OR REPLACE FUNCTION webinar_sessions.attendance(
 RETURNS TABLE (user_id uuid, watched_seconds double precision, ratio double precision, attended boolean)
 LANGUAGE plpgsql STABLE
 SET search_path = ''
+-- One row per viewer: 200,000 rows of a big webinar are about 12 MB, which the result's
+-- tuplestore keeps in memory instead of spilling at the default 4 MB.
+SET work_mem = '128MB'
 AS $$
 DECLARE
     v_length double precision;
+    v_presence bytea;
 BEGIN
     PERFORM webinar_sessions._check_not_null('webinar_id', attendance.webinar_id IS NULL);
     PERFORM webinar_sessions._check_not_null('starts_at', attendance.starts_at IS NULL);
@@ -217,15 +370,12 @@ BEGIN
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
     v_length := extract(epoch FROM attendance.ends_at - attendance.starts_at);
+    v_presence := webinar_sessions._presence_for(attendance.webinar_id);
+    -- _presence_overlap returns the viewers most time first, then by user_id: the order
+    -- comes from there (no sort of every viewer here).
     RETURN QUERY
         SELECT w.user_id, w.seconds, w.seconds / v_length, w.seconds / v_length >= attendance.min_ratio
-          FROM (SELECT p.user_id,
-                       sum(greatest(0, extract(epoch FROM least(p.ended_at, attendance.ends_at)
-                                                          - greatest(p.started_at, attendance.starts_at))))::double precision AS seconds
-                  FROM webinar_sessions.presence AS p
-                 WHERE p.webinar_id = attendance.webinar_id
-                 GROUP BY p.user_id) AS w
-         ORDER BY w.seconds DESC, w.user_id;
+          FROM webinar_sessions._presence_overlap(v_presence, attendance.starts_at, attendance.ends_at) AS w;
 END
 $$;
 
@@ -237,6 +387,7 @@ SET search_path = ''
 AS $$
 DECLARE
     v_points bigint;
+    v_presence bytea;
 BEGIN
     PERFORM webinar_sessions._check_not_null('webinar_id', retention.webinar_id IS NULL);
     PERFORM webinar_sessions._check_not_null('starts_at', retention.starts_at IS NULL);
@@ -254,8 +405,40 @@ BEGIN
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
     v_points := webinar_sessions._grid_size(retention.ends_at - retention.starts_at, retention.bucket);
+    v_presence := coalesce(webinar_sessions._presence_for(retention.webinar_id), '\x'::bytea);
     RETURN QUERY
         SELECT floor(extract(epoch FROM g.k * retention.bucket) / 60)::integer, g.viewers
-          FROM webinar_sessions._viewers_on_grid(retention.webinar_id, retention.starts_at, retention.bucket, v_points, true) AS g;
+          FROM webinar_sessions._presence_grid(v_presence, retention.starts_at, retention.bucket, v_points, true) AS g;
 END
 $$;
+
+-- Replaced by _presence_grid.
+DROP FUNCTION webinar_sessions._viewers_on_grid(uuid, timestamptz, interval, bigint, boolean);
+
+-- The privileges of the new functions, as sql/privileges.sql gives them in a fresh install.
+REVOKE ALL ON FUNCTION webinar_sessions._presence_of_final(internal),
+    webinar_sessions._presence_bounds(bytea),
+    webinar_sessions._presence_grid(bytea, timestamptz, interval, bigint, boolean),
+    webinar_sessions._presence_overlap(bytea, timestamptz, timestamptz),
+    webinar_sessions._presence_of(uuid, timestamptz, timestamptz),
+    webinar_sessions._presence_for(uuid) FROM PUBLIC;
+DO $grants$
+BEGIN
+    IF EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'anon') THEN
+        REVOKE ALL ON FUNCTION webinar_sessions._presence_of_final(internal),
+            webinar_sessions._presence_bounds(bytea),
+            webinar_sessions._presence_grid(bytea, timestamptz, interval, bigint, boolean),
+            webinar_sessions._presence_overlap(bytea, timestamptz, timestamptz),
+            webinar_sessions._presence_of(uuid, timestamptz, timestamptz),
+            webinar_sessions._presence_for(uuid) FROM anon;
+    END IF;
+    IF EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'service_role') THEN
+        GRANT EXECUTE ON FUNCTION webinar_sessions._presence_of_final(internal),
+            webinar_sessions._presence_bounds(bytea),
+            webinar_sessions._presence_grid(bytea, timestamptz, interval, bigint, boolean),
+            webinar_sessions._presence_overlap(bytea, timestamptz, timestamptz),
+            webinar_sessions._presence_of(uuid, timestamptz, timestamptz),
+            webinar_sessions._presence_for(uuid) TO service_role;
+    END IF;
+END
+$grants$;
