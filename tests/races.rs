@@ -430,43 +430,44 @@ fn savepoints_durability_and_prepare_keep_the_promises() {
         "a rolled-back TRUNCATE emptied the buffer"
     );
 
-    // A direct heartbeat commits asynchronously only when the transaction wrote nothing else:
-    // an enter or leave in the same transaction, before or after it, stays durable.
-    for (first, second) in [
-        ("heartbeat", "leave_webinar"),
-        ("enter_webinar", "heartbeat"),
-    ] {
+    // In direct mode, a transaction of the viewer's that makes `calls` and stays open.
+    let direct = |client: &mut Client, calls: &[&str]| {
         client.batch_execute("BEGIN").unwrap();
         client
             .batch_execute("SET LOCAL webinar_sessions.heartbeat_mode = direct")
             .unwrap();
         client.batch_execute(as_viewer).unwrap();
+        for function in calls {
+            client
+                .batch_execute(&format!("SELECT public.{function}({webinar_arg})"))
+                .unwrap();
+        }
         client
-            .batch_execute(&format!(
-                "SELECT public.{first}({webinar_arg}); SELECT public.{second}({webinar_arg})"
-            ))
-            .unwrap();
-        let durability: String = client
             .query_one("SHOW synchronous_commit", &[])
             .unwrap()
-            .get(0);
+            .get::<_, String>(0)
+    };
+    // A direct heartbeat commits asynchronously only when the transaction wrote nothing else:
+    // alone it does; an enter or leave in the same transaction, before or after it, stays
+    // durable.
+    let alone = direct(&mut client, &["heartbeat"]);
+    client.batch_execute("COMMIT").unwrap();
+    assert_eq!(
+        alone, "off",
+        "a heartbeat alone does not wait for the WAL flush"
+    );
+    for calls in [
+        ["heartbeat", "leave_webinar"],
+        ["enter_webinar", "heartbeat"],
+    ] {
+        let durability = direct(&mut client, &calls);
         client.batch_execute("COMMIT").unwrap();
-        assert_eq!(
-            durability, "on",
-            "{first} then {second} committed asynchronously"
-        );
+        assert_eq!(durability, "on", "{calls:?} committed asynchronously");
     }
 
     // A transaction that called the API cannot be prepared, in direct mode too (it would hold
     // a session's row, and stall every flush and sweep, until it was finished).
-    client.batch_execute("BEGIN").unwrap();
-    client
-        .batch_execute("SET LOCAL webinar_sessions.heartbeat_mode = direct")
-        .unwrap();
-    client.batch_execute(as_viewer).unwrap();
-    client
-        .batch_execute(&format!("SELECT public.heartbeat({webinar_arg})"))
-        .unwrap();
+    direct(&mut client, &["heartbeat"]);
     let refused = client
         .batch_execute("PREPARE TRANSACTION 'direct'")
         .unwrap_err();

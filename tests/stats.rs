@@ -124,6 +124,13 @@ fn check_seed(client: &mut Client, seed: u64) {
     if sessions.is_empty() {
         return;
     }
+    check_webinar(client, seed, &sessions);
+}
+
+/// Every analytics function of the webinar `1_000_000 + seed` against a second-by-second
+/// count of `sessions`.
+fn check_webinar(client: &mut Client, seed: u64, sessions: &[Session]) {
+    let sessions = sessions.to_vec();
     let webinar = uuid(1_000_000 + seed);
     insert(client, &webinar, &sessions);
     let seconds = presence(&sessions);
@@ -310,6 +317,57 @@ fn analytics_match_a_second_by_second_count_on_random_webinars() {
         check_seed(&mut client, seed);
     }
     println!("random webinars checked: {seeds}");
+}
+
+/// The shapes a big webinar has that small random ones rarely do: one viewer with 200
+/// sessions (tabs, rejoins, overlaps), and sessions that start and end exactly on the edges of
+/// concurrency's 10-second buckets and retention's 30-second instants.
+#[test]
+fn analytics_match_on_a_200_session_viewer_and_on_bucket_edges() {
+    let mut client = shared_cluster("stats").supabase_database("edge_webinars");
+    let mut rng = Rng(0x5eed);
+    let busy: Vec<Session> = (0..200)
+        .map(|i| {
+            let entered = rng.below(3000) as i64;
+            let length = rng.below(120) as i64;
+            let user = if i % 10 == 0 { 2 } else { 1 };
+            match i % 4 {
+                0 => Session {
+                    user,
+                    entered,
+                    heartbeat: None,
+                    exited: Some(entered),
+                },
+                1 => Session {
+                    user,
+                    entered,
+                    heartbeat: Some(entered + length),
+                    exited: None,
+                },
+                _ => Session {
+                    user,
+                    entered,
+                    heartbeat: None,
+                    exited: Some(entered + length),
+                },
+            }
+        })
+        .collect();
+    check_webinar(&mut client, 9_001, &busy);
+    // Every start and end on a multiple of 10 s (and so of the 30 s grid every third time).
+    let edges: Vec<Session> = (0..60)
+        .map(|i| {
+            let entered = 10 * rng.below(60) as i64;
+            let length = 10 * rng.below(12) as i64;
+            Session {
+                user: 1 + i % 7,
+                entered,
+                heartbeat: None,
+                exited: Some(entered + length),
+            }
+        })
+        .collect();
+    check_webinar(&mut client, 9_002, &edges);
 }
 
 #[test]
