@@ -34,31 +34,13 @@ if ((install)); then
     cargo pgrx install --release --pg-config /usr/bin/pg_config
 fi
 
-runas=()
-cluster=$(mktemp -d /tmp/webinar_sessions-analytics.XXXXXX)
-if [ "$(id -u)" -eq 0 ]; then
-    owner=${WEBINAR_SESSIONS_TEST_OS_USER:-postgres}
-    chown "$owner" "$cluster"
-    runas=(runuser -u "$owner" --)
-fi
-port=$((20000 + RANDOM % 20000))
-"${runas[@]}" initdb -D "$cluster/data" -U postgres -A trust -E UTF8 >/dev/null
-cat >>"$cluster/data/postgresql.conf" <<EOF
-port = $port
-listen_addresses = '127.0.0.1'
-unix_socket_directories = '$cluster'
+source bench/cluster.sh
+start_cluster analytics <<EOF
 shared_preload_libraries = 'webinar_sessions'
 webinar_sessions.sweeper_enabled = off
 shared_buffers = 1GB
 log_temp_files = 0
 EOF
-stop_cluster() {
-    "${runas[@]}" pg_ctl -D "$cluster/data" -m fast stop >/dev/null 2>&1 || true
-    cp "$cluster/server.log" "$out/analytics-server.log" 2>/dev/null || true
-    rm -rf "$cluster"
-}
-trap stop_cluster EXIT
-"${runas[@]}" pg_ctl -D "$cluster/data" -l "$cluster/server.log" -w start >/dev/null
 q() { psql -X -q -t -A -h 127.0.0.1 -p "$port" -U postgres -d postgres -v ON_ERROR_STOP=1 "$@"; }
 q -c "CREATE EXTENSION webinar_sessions"
 
@@ -142,4 +124,5 @@ done
             END { printf "| %s | %s | %s | %s | %s | %s |\n", s, v["webinar_stats"], v["concurrency"], v["retention"], v["attendance"], v["temporary files"] }' "$tsv"
     done
 } >"$out/analytics.md"
+cp "$cluster/server.log" "$out/analytics-server.log"
 cat "$out/analytics.md"

@@ -44,20 +44,9 @@ out="bench/results/$(date -u +%Y%m%dT%H%M%SZ)"
 mkdir -p "$out"
 summary="$out/summary.md"
 
-# A throwaway cluster, run by an unprivileged account when we are root.
-runas=()
-cluster=$(mktemp -d /tmp/webinar_sessions-bench.XXXXXX)
-if [ "$(id -u)" -eq 0 ]; then
-    owner=${WEBINAR_SESSIONS_TEST_OS_USER:-postgres}
-    chown "$owner" "$cluster"
-    runas=(runuser -u "$owner" --)
-fi
-port=$((20000 + RANDOM % 20000))
-"${runas[@]}" initdb -D "$cluster/data" -U postgres -A trust -E UTF8 >/dev/null
-cat >>"$cluster/data/postgresql.conf" <<EOF
-port = $port
-listen_addresses = '127.0.0.1'
-unix_socket_directories = '$cluster'
+# A throwaway cluster (bench/cluster.sh).
+source bench/cluster.sh
+start_cluster bench <<EOF
 max_connections = 200
 shared_buffers = $shared_buffers
 max_wal_size = 8GB
@@ -67,12 +56,6 @@ webinar_sessions.sweeper_enabled = off
 webinar_sessions.database = 'bench'
 webinar_sessions.buffer_capacity = 200000
 EOF
-stop_cluster() {
-    "${runas[@]}" pg_ctl -D "$cluster/data" -m fast stop >/dev/null 2>&1 || true
-    rm -rf "$cluster"
-}
-trap stop_cluster EXIT
-"${runas[@]}" pg_ctl -D "$cluster/data" -l "$cluster/server.log" -w start >/dev/null
 
 q() { psql -X -q -t -A -h 127.0.0.1 -p "$port" -U postgres -d bench -v ON_ERROR_STOP=1 "$@"; }
 psql -X -q -h 127.0.0.1 -p "$port" -U postgres -d postgres -c "CREATE DATABASE bench" \
