@@ -158,7 +158,7 @@ fn presence_of_final(mut state: Internal) -> Option<Vec<u8>> {
 const RECORD: usize = 32;
 
 fn stretches(presence: &[u8]) -> impl Iterator<Item = Span> + '_ {
-    if presence.len() % RECORD != 0 {
+    if !presence.len().is_multiple_of(RECORD) {
         error!("not a presence value: {} bytes", presence.len());
     }
     presence.chunks_exact(RECORD).map(|r| {

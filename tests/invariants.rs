@@ -74,21 +74,21 @@ fn micros_of(column: &str) -> String {
 
 /// One PostgREST-shaped request: a transaction, `SET LOCAL ROLE authenticated`, the JWT
 /// claims transaction-locally, `SELECT ... FROM public.<fn>(webinar_id => .., session_id => ..)`.
+/// What a call answered: status, row id, last_heartbeat_at, entered_at, exited_at.
+type Reply = (
+    String,
+    Option<String>,
+    Option<i64>,
+    Option<i64>,
+    Option<i64>,
+);
+
 fn call(
     client: &mut Client,
     function: &str,
     webinar: &str,
     key: u64,
-) -> Result<
-    (
-        String,
-        Option<String>,
-        Option<i64>,
-        Option<i64>,
-        Option<i64>,
-    ),
-    postgres::Error,
-> {
+) -> Result<Reply, postgres::Error> {
     let mut tx = client.transaction()?;
     tx.batch_execute("SET LOCAL ROLE authenticated")?;
     tx.execute(
@@ -140,7 +140,7 @@ fn run_load(
         );
         let webinar = webinar.to_string();
         threads.push(std::thread::spawn(move || {
-            let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ (c as u64 + 1) * 7919);
+            let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ ((c as u64 + 1) * 7919));
             let mut client: Option<Client> = None;
             let mut mine = Vec::new();
             while !stop.load(Ordering::Relaxed) {
@@ -210,7 +210,7 @@ fn run_load(
                 continue;
             };
             let stale_ms = 20 + rng.next() % 200;
-            let sql = if rng.next() % 3 == 0 {
+            let sql = if rng.next().is_multiple_of(3) {
                 "SELECT webinar_sessions.flush_heartbeats()".to_string()
             } else {
                 format!("SELECT webinar_sessions.sweep_stale_sessions('{stale_ms} milliseconds')")
@@ -289,8 +289,8 @@ fn violations(run: &Run, rows: &HashMap<String, Row>, crash_slack_us: i64) -> Ve
                 let at = answer.at.unwrap_or(entered_at);
                 if end < at - slack {
                     found.push(format!(
-                        "invariant 1: {} {} told {} at {at}, row ends at {end} ({reason:?}), {} us before",
-                        answer.call, id, answer.status, at - end
+                        "invariant 1: {} {} (key {}) told {} at {at}, row ends at {end} ({reason:?}), {} us before",
+                        answer.call, id, answer.key, answer.status, at - end
                     ));
                 }
             }

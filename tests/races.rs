@@ -71,7 +71,7 @@ fn worker_pid(admin: &mut Client) -> Option<i32> {
 #[test]
 fn a_lock_in_another_database_does_not_stall_the_worker() {
     let (cluster, mut admin) = buffered("races-stall", "main_db", &[]);
-    let mut other = cluster.supabase_database("other_db");
+    let other = cluster.supabase_database("other_db");
     let mut other_api = cluster.connect_as("other_db", "authenticator");
     let (webinar, viewer) = (uuid(10), uuid(1));
     buffered_heartbeat(&mut other_api, &viewer, &webinar);
