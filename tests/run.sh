@@ -25,6 +25,15 @@ fi
 cargo pgrx install --test --pg-config /usr/bin/pg_config --no-default-features --features "pg15 pg_test"
 # The install scripts of earlier releases, for tests/upgrade.rs (cargo pgrx installs only the
 # current one and the upgrade scripts).
+# Install scripts of other builds left on this machine (a 0.2.0 test build's, say) would be
+# used instead of the upgrade path under test: remove every one but the current release's.
+current=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
+for script in "$(pg_config --sharedir)"/extension/webinar_sessions--*.sql; do
+    case $(basename "$script") in
+        *--*--*.sql | "webinar_sessions--$current.sql") ;;
+        *) rm -f "$script" ;;
+    esac
+done
 cp sql/webinar_sessions--0.1.0.sql "$(pg_config --sharedir)/extension/"
 # (0.2.0 installs as 0.1.0 plus the 0.1.0 -> 0.2.0 script, which cargo pgrx installs.)
 # Everything, with heartbeat_mode at its default for a preloaded library: buffered.
