@@ -62,8 +62,8 @@ BEGIN
             RETURN r;
         END IF;
     END LOOP;
-    RAISE EXCEPTION 'session % of webinar % kept changing under concurrent calls; retry', p_session_id, p_webinar_id
-        USING ERRCODE = 'serialization_failure';
+    RAISE EXCEPTION 'session % of webinar % kept changing under concurrent calls', p_session_id, p_webinar_id
+        USING ERRCODE = 'serialization_failure', HINT = 'Retry the call.';
 END
 $$;
 

@@ -160,7 +160,7 @@ pub fn register(preloaded: bool) {
     if preloaded {
         GucRegistry::define_int_guc(
             c"webinar_sessions.buffer_capacity",
-            c"How many sessions the heartbeat buffer holds (shared memory, about 200 bytes each).",
+            c"How many sessions the heartbeat buffer holds (shared memory, about 180 bytes each).",
             c"When it is full, heartbeats of the sessions that do not fit take the direct path.",
             &BUFFER_CAPACITY,
             16,

@@ -9,7 +9,7 @@
 //! the `role` claim: any signed-in user can write whatever JSON they like into
 //! `request.jwt.claims`, but nobody can `SET ROLE` to a role they are not a member of.
 
-use crate::input::raise;
+use crate::error::{raise, Error};
 use pgrx::prelude::*;
 use pgrx::PgSqlErrorCode::{ERRCODE_INSUFFICIENT_PRIVILEGE, ERRCODE_INVALID_PARAMETER_VALUE};
 use pgrx::Uuid;
@@ -137,26 +137,34 @@ pub fn acting_user(requested: Option<Uuid>) -> Uuid {
         (Some(user), Claimed::User(me)) if user == me => user,
         (Some(user), _) if caller_may_act_for_others() => {
             if is_nil(&user) {
-                raise(ERRCODE_INVALID_PARAMETER_VALUE, "user_id must not be the nil uuid");
+                raise(
+                    ERRCODE_INVALID_PARAMETER_VALUE,
+                    "user_id must not be the nil uuid",
+                );
             }
             user
         }
-        (Some(_), Claimed::User(_)) => raise(
+        (Some(_), Claimed::User(_)) => Error::new(
             ERRCODE_INSUFFICIENT_PRIVILEGE,
-            "user_id names another user; only service_role may act for other users",
-        ),
-        (Some(_), _) => raise(
+            "user_id names another user",
+        )
+        .hint("Only service_role may act for other users; leave user_id out to act for yourself.")
+        .raise(),
+        (Some(_), _) => Error::new(
             ERRCODE_INSUFFICIENT_PRIVILEGE,
             "user_id may be given only by service_role or for the caller's own id",
-        ),
+        )
+        .raise(),
         (None, Claimed::User(me)) => me,
-        (None, Claimed::Nobody) => raise(
+        (None, Claimed::Nobody) => Error::new(
             ERRCODE_INSUFFICIENT_PRIVILEGE,
-            "no caller identity: request.jwt.claims has no sub claim (sign in, or call as service_role with user_id)",
-        ),
+            "no caller identity: request.jwt.claims has no sub claim",
+        )
+        .hint("Sign in, or call as service_role with user_id.")
+        .raise(),
         (None, Claimed::Invalid(why)) => raise(
             ERRCODE_INSUFFICIENT_PRIVILEGE,
-            &format!("no caller identity: {why}"),
+            format!("no caller identity: {why}"),
         ),
     }
 }

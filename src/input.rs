@@ -2,9 +2,10 @@
 //! written: NULL arguments give 22004, malformed ones 22023, and every message names the
 //! argument.
 
+use crate::error::raise;
 use crate::identity::{acting_user, is_nil, truncate};
 use pgrx::prelude::*;
-use pgrx::PgSqlErrorCode::{self, ERRCODE_INVALID_PARAMETER_VALUE, ERRCODE_NULL_VALUE_NOT_ALLOWED};
+use pgrx::PgSqlErrorCode::{ERRCODE_INVALID_PARAMETER_VALUE, ERRCODE_NULL_VALUE_NOT_ALLOWED};
 use pgrx::Uuid;
 
 /// The longest client session id accepted, in characters.
@@ -12,19 +13,15 @@ pub const MAX_SESSION_ID_CHARS: usize = 128;
 /// The most sessions one `heartbeat_batch` call may carry.
 pub const MAX_BATCH: usize = 10_000;
 
-pub fn raise(code: PgSqlErrorCode, message: &str) -> ! {
-    pgrx::ereport!(ERROR, code, message.to_string());
-}
-
 fn check_id(webinar_id: Option<Uuid>, name: &str) -> Uuid {
     match webinar_id {
         None => raise(
             ERRCODE_NULL_VALUE_NOT_ALLOWED,
-            &format!("{name} must not be null"),
+            format!("{name} must not be null"),
         ),
         Some(id) if is_nil(&id) => raise(
             ERRCODE_INVALID_PARAMETER_VALUE,
-            &format!("{name} must not be the nil uuid"),
+            format!("{name} must not be the nil uuid"),
         ),
         Some(id) => id,
     }
@@ -55,13 +52,13 @@ fn check_session_id<'a>(session_id: Option<&'a str>, name: &str) -> &'a str {
     let Some(session_id) = session_id else {
         raise(
             ERRCODE_NULL_VALUE_NOT_ALLOWED,
-            &format!("{name} must not be null"),
+            format!("{name} must not be null"),
         );
     };
     if let Some(problem) = session_id_problem(session_id) {
         raise(
             ERRCODE_INVALID_PARAMETER_VALUE,
-            &format!("{name} {problem} (got {:?})", truncate(session_id, 40)),
+            format!("{name} {problem} (got {:?})", truncate(session_id, 40)),
         );
     }
     session_id
@@ -91,7 +88,7 @@ fn check_batch(
     let null = |name: &str| -> ! {
         raise(
             ERRCODE_NULL_VALUE_NOT_ALLOWED,
-            &format!("{name} must not be null"),
+            format!("{name} must not be null"),
         )
     };
     let webinar_ids = webinar_ids.unwrap_or_else(|| null("webinar_ids"));
@@ -102,7 +99,7 @@ fn check_batch(
     if lengths.iter().any(|&n| n != lengths[0]) {
         raise(
             ERRCODE_INVALID_PARAMETER_VALUE,
-            &format!(
+            format!(
                 "webinar_ids, session_ids and user_ids must have the same length (got {}, {} and {})",
                 lengths[0], lengths[1], lengths[2]
             ),
@@ -111,7 +108,7 @@ fn check_batch(
     if lengths[0] > MAX_BATCH {
         raise(
             ERRCODE_INVALID_PARAMETER_VALUE,
-            &format!(
+            format!(
                 "webinar_ids holds {} sessions; one batch takes at most {MAX_BATCH}",
                 lengths[0]
             ),

@@ -8,6 +8,7 @@
 use pgrx::prelude::*;
 
 mod buffer;
+mod error;
 mod guc;
 mod identity;
 mod input;
@@ -49,7 +50,7 @@ extension_sql_file!(
 extension_sql_file!(
     "../sql/api.sql",
     name = "api",
-    requires = ["schema", buffer::buffer_stats]
+    requires = ["schema", buffer::sql::buffer_stats]
 );
 extension_sql_file!(
     "../sql/stats.sql",
