@@ -34,7 +34,7 @@ for script in "$(pg_config --sharedir)"/extension/webinar_sessions--*.sql; do
         *) rm -f "$script" ;;
     esac
 done
-cp sql/webinar_sessions--0.1.0.sql "$(pg_config --sharedir)/extension/"
+cp tests/fixtures/webinar_sessions--0.1.0.sql "$(pg_config --sharedir)/extension/"
 # (0.2.0 installs as 0.1.0 plus the 0.1.0 -> 0.2.0 script, which cargo pgrx installs.)
 # Everything, with heartbeat_mode at its default for a preloaded library: buffered.
 cargo pgrx test pg15 "${runas[@]}" --pgdata "$scratch/pgrx-data" "$@"

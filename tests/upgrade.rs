@@ -2,7 +2,7 @@
 //! `ALTER EXTENSION webinar_sessions UPDATE`; its data and the API must survive, and the
 //! updated database must hold exactly the objects, definitions and privileges of a fresh
 //! install. Add each release to `EARLIER_RELEASES` when the next one begins (and its frozen
-//! install script to sql/).
+//! install script to tests/fixtures/, which tests/run.sh installs).
 
 mod common;
 
