@@ -2,7 +2,7 @@
 # The benchmark: webinar_sessions against the seed's design and against the machine's limit,
 # on a throwaway PostgreSQL (fsync on, default durability) that it starts and stops itself.
 #
-#   bench/run.sh              the full run (about 20 minutes on 2 cores, the analytics included)
+#   bench/run.sh              the full run (about 16 minutes on 2 cores, the analytics included)
 #   bench/run.sh --smoke      seconds-long, to keep the script working in CI (output under target/)
 #
 # Options: --seconds S (per heartbeat measurement, default 20), --rounds R (default 3),
