@@ -43,7 +43,10 @@ struct Answer {
     exited_at: Option<i64>,
     asked: Instant,
     answered: Instant,
-    /// Answered before the crash (if there was one).
+    /// Answered by the server that crashed (if there was a crash): received before the
+    /// restarted server accepted connections. (Not "asked before the kill": a call that
+    /// completes between the harness deciding to crash and the kill landing is still the
+    /// old server's, and its asynchronous commit may be lost.)
     before_crash: bool,
 }
 
@@ -157,7 +160,6 @@ fn run_load(
                     6 => "enter_webinar",
                     _ => "leave_webinar",
                 };
-                let before_crash = !crashed.load(Ordering::SeqCst);
                 let asked = Instant::now();
                 match call(api, function, &webinar, key) {
                     Ok((status, id, heartbeat, entered, exited)) => {
@@ -175,7 +177,7 @@ fn run_load(
                             exited_at: exited,
                             asked,
                             answered: Instant::now(),
-                            before_crash,
+                            before_crash: false, // set below, once the restart is known
                         });
                     }
                     Err(e) => match e.as_db_error().map(|d| d.code().code().to_string()) {
@@ -228,10 +230,12 @@ fn run_load(
         }
     });
     let started = Instant::now();
+    let mut restarted_at = None;
     if let Some(crash_after) = crash_after {
         std::thread::sleep(crash_after);
         crashed.store(true, Ordering::SeqCst);
         cluster.kill_postmaster_and_restart();
+        restarted_at = Some(Instant::now());
     }
     std::thread::sleep(duration.saturating_sub(started.elapsed()));
     stop.store(true, Ordering::Relaxed);
@@ -239,7 +243,12 @@ fn run_load(
         thread.join().expect("a client failed");
     }
     sweeper.join().expect("the sweeper failed");
-    let answers = std::mem::take(&mut *answers.lock().unwrap());
+    let mut answers = std::mem::take(&mut *answers.lock().unwrap());
+    if let Some(restarted_at) = restarted_at {
+        for answer in &mut answers {
+            answer.before_crash = answer.answered < restarted_at;
+        }
+    }
     let retries = *retries.lock().unwrap();
     Run { answers, retries }
 }
