@@ -291,7 +291,16 @@ AS 'MODULE_PATHNAME', 'presence_overlap_wrapper';
 CREATE AGGREGATE webinar_sessions._presence_of(uuid, timestamptz, timestamptz) (
     SFUNC = webinar_sessions._presence_summary_add,
     STYPE = internal,
-    FINALFUNC = webinar_sessions._presence_of_final
+    FINALFUNC = webinar_sessions._presence_of_final,
+    FINALFUNC_MODIFY = READ_WRITE
+);
+
+-- Its final function takes the collected sessions: it must not share a state with another.
+CREATE OR REPLACE AGGREGATE webinar_sessions._presence_summary(uuid, timestamptz, timestamptz) (
+    SFUNC = webinar_sessions._presence_summary_add,
+    STYPE = internal,
+    FINALFUNC = webinar_sessions._presence_summary_final,
+    FINALFUNC_MODIFY = READ_WRITE
 );
 
 CREATE FUNCTION webinar_sessions._presence_for(p_webinar_id uuid)
@@ -328,7 +337,10 @@ BEGIN
     -- Buckets are aligned (whole minutes for '1 minute'), the first one holding the first entry.
     v_origin := pg_catalog.date_bin(concurrency.bucket, v_first, timestamptz '2000-01-01 00:00:00+00');
     v_points := floor(extract(epoch FROM v_last - v_origin) / extract(epoch FROM concurrency.bucket))::bigint + 1;
-    PERFORM webinar_sessions._grid_size(v_last - v_origin, concurrency.bucket);
+    IF v_points > 100000 THEN
+        RAISE EXCEPTION 'bucket % over % gives % buckets; at most 100000 are allowed', concurrency.bucket, v_last - v_origin, v_points
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
     RETURN QUERY
         -- The grid counts in seconds; so must the labels (k * '1 day' would be calendar days,
         -- 23 or 25 hours across a daylight-saving change in the session's time zone).

@@ -114,6 +114,16 @@ fn presence_summary_add(
         });
     }
     if let (Some(user), Some(start), Some(end)) = (user_id, started_at, ended_at) {
+        // The table allows ±infinity; presence cannot be measured from it (the SQL it
+        // replaces failed with 22008 too), and the arithmetic below would overflow.
+        if !start.is_finite() || !end.is_finite() {
+            crate::error::Error::new(
+                pgrx::PgSqlErrorCode::ERRCODE_DATETIME_FIELD_OVERFLOW,
+                "a session of this webinar has an infinite entered_at, last_heartbeat_at or exited_at",
+            )
+            .hint("Set the session's times to finite values.")
+            .raise();
+        }
         let spans = unsafe { state.get_mut::<Spans>() }.expect("state was just initialized");
         spans.0.push((
             *user.as_bytes(),
@@ -244,11 +254,24 @@ pub fn grid(
         .collect()
 }
 
+/// The most points a grid may have (concurrency's and retention's 100,000 buckets).
+const MAX_POINTS: i64 = 100_000;
+
+fn grid_error(message: String) -> ! {
+    crate::error::raise(
+        pgrx::PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+        message,
+    )
+}
+
 fn micros_of(step: Interval) -> i64 {
     if step.months() != 0 {
-        error!("a grid step must be given in days or smaller units");
+        grid_error("bucket must be given in days or smaller units".into());
     }
-    i64::from(step.days()) * 86_400_000_000 + step.micros()
+    i64::from(step.days())
+        .checked_mul(86_400_000_000)
+        .and_then(|days| days.checked_add(step.micros()))
+        .unwrap_or_else(|| grid_error(format!("bucket {step} is too large")))
 }
 
 /// `grid` for SQL: (k, viewers) for k = 0 .. points - 1.
@@ -262,7 +285,15 @@ fn presence_grid(
 ) -> TableIterator<'static, (name!(k, i64), name!(viewers, i64))> {
     let step = micros_of(step);
     if step <= 0 {
-        error!("a grid step must be positive");
+        grid_error("bucket must be positive".into());
+    }
+    if !(0..=MAX_POINTS).contains(&points) {
+        grid_error(format!(
+            "a grid of {points} points; at most {MAX_POINTS} are allowed"
+        ));
+    }
+    if !origin.is_finite() {
+        grid_error("the grid's origin must be a finite time".into());
     }
     let counts = grid(stretches(presence), origin.into(), step, points, instant);
     TableIterator::new(counts.into_iter().enumerate().map(|(k, n)| (k as i64, n)))
@@ -302,14 +333,17 @@ extension_sql!(
 CREATE AGGREGATE webinar_sessions._presence_summary(uuid, timestamptz, timestamptz) (
     SFUNC = webinar_sessions._presence_summary_add,
     STYPE = internal,
-    FINALFUNC = webinar_sessions._presence_summary_final
+    FINALFUNC = webinar_sessions._presence_summary_final,
+    -- The final functions take the collected sessions: no two aggregates may share a state.
+    FINALFUNC_MODIFY = READ_WRITE
 );
 -- A webinar's sessions merged into each viewer's stretches of presence, for _presence_grid,
 -- _presence_overlap and _presence_bounds.
 CREATE AGGREGATE webinar_sessions._presence_of(uuid, timestamptz, timestamptz) (
     SFUNC = webinar_sessions._presence_summary_add,
     STYPE = internal,
-    FINALFUNC = webinar_sessions._presence_of_final
+    FINALFUNC = webinar_sessions._presence_of_final,
+    FINALFUNC_MODIFY = READ_WRITE
 );
 "#,
     name = "presence_summary_aggregate",

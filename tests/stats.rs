@@ -555,3 +555,92 @@ fn concurrency_labels_match_their_buckets_across_a_daylight_saving_change() {
         "buckets are aligned to UTC midnight, one viewer each day"
     );
 }
+
+/// Found by adversarial review of the Rust analytics: inputs that must end in a clean error
+/// (never a crash of the server or an internal XX000), and aggregates sharing one query.
+#[test]
+fn analytics_edge_inputs_end_in_clean_errors() {
+    let mut client = shared_cluster("stats").supabase_database("edge_inputs");
+    let code = |client: &mut Client, sql: &str| -> String {
+        let error = client.batch_execute(sql).expect_err(sql);
+        error
+            .as_db_error()
+            .map(|e| e.code().code().to_string())
+            .unwrap_or_else(|| panic!("{sql}: not a database error: {error}"))
+    };
+    // A grid of a trillion points is refused, not allocated (that aborted the server).
+    assert_eq!(
+        code(
+            &mut client,
+            "SELECT count(*) FROM webinar_sessions._presence_grid('\\x'::bytea, now(), '1 minute', 1000000000000, true)"
+        ),
+        "22023"
+    );
+    client
+        .batch_execute("SELECT 1")
+        .expect("the server is still up");
+    client
+        .batch_execute(&format!(
+            "INSERT INTO webinar_sessions.webinar_user_sessions
+                 (webinar_id, user_id, session_id, entered_at, exited_at, exit_reason)
+             VALUES ('{w}', '{u}', 'a', {BASE}, {BASE} + interval '100000 s', 'left')",
+            w = uuid(7_001),
+            u = uuid(1)
+        ))
+        .unwrap();
+    // A bucket whose microseconds overflow 64 bits.
+    assert_eq!(
+        code(
+            &mut client,
+            &format!(
+                "SELECT * FROM webinar_sessions.retention('{}', {BASE}, {BASE} + interval '1 hour', '106751992 days')",
+                uuid(7_001)
+            )
+        ),
+        "22023"
+    );
+    // 100,001 one-second buckets: over the documented 100,000.
+    assert_eq!(
+        code(
+            &mut client,
+            &format!(
+                "SELECT count(*) FROM webinar_sessions.concurrency('{}', '1 second')",
+                uuid(7_001)
+            )
+        ),
+        "22023"
+    );
+    // Both aggregates in one query each see every session.
+    let row = client
+        .query_one(
+            &format!(
+                "SELECT (webinar_sessions._presence_summary(user_id, started_at, ended_at))[2]::bigint,
+                        length(webinar_sessions._presence_of(user_id, started_at, ended_at))
+                   FROM webinar_sessions.session_spans WHERE webinar_id = '{}'",
+                uuid(7_001)
+            ),
+            &[],
+        )
+        .unwrap();
+    assert_eq!((row.get::<_, i64>(0), row.get::<_, i32>(1)), (1, 32));
+    // An infinite session time (the table allows it): 22008, as the SQL it replaced.
+    client
+        .batch_execute(&format!(
+            "INSERT INTO webinar_sessions.webinar_user_sessions
+                 (webinar_id, user_id, session_id, entered_at, exited_at, exit_reason)
+             VALUES ('{}', '{}', 'b', '-infinity', {BASE}, 'left')",
+            uuid(7_002),
+            uuid(1)
+        ))
+        .unwrap();
+    assert_eq!(
+        code(
+            &mut client,
+            &format!(
+                "SELECT * FROM webinar_sessions.webinar_stats WHERE webinar_id = '{}'",
+                uuid(7_002)
+            )
+        ),
+        "22008"
+    );
+}
