@@ -113,6 +113,18 @@ BEGIN
 END
 $$;
 
+CREATE FUNCTION webinar_sessions._check_finite(p_name text, p_value timestamptz)
+RETURNS void
+LANGUAGE plpgsql IMMUTABLE
+AS $$
+BEGIN
+    IF NOT pg_catalog.isfinite(p_value) THEN
+        RAISE EXCEPTION '% must be a finite time (got %)', p_name, p_value
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+END
+$$;
+
 CREATE FUNCTION webinar_sessions._check_not_null(p_name text, p_is_null boolean)
 RETURNS void
 LANGUAGE plpgsql IMMUTABLE
@@ -209,13 +221,8 @@ BEGIN
     PERFORM webinar_sessions._check_not_null('starts_at', attendance.starts_at IS NULL);
     PERFORM webinar_sessions._check_not_null('ends_at', attendance.ends_at IS NULL);
     PERFORM webinar_sessions._check_not_null('min_ratio', attendance.min_ratio IS NULL);
-    IF NOT pg_catalog.isfinite(attendance.starts_at) THEN
-        RAISE EXCEPTION 'starts_at must be a finite time (got %)', attendance.starts_at
-            USING ERRCODE = 'invalid_parameter_value';
-    ELSIF NOT pg_catalog.isfinite(attendance.ends_at) THEN
-        RAISE EXCEPTION 'ends_at must be a finite time (got %)', attendance.ends_at
-            USING ERRCODE = 'invalid_parameter_value';
-    END IF;
+    PERFORM webinar_sessions._check_finite('starts_at', attendance.starts_at);
+    PERFORM webinar_sessions._check_finite('ends_at', attendance.ends_at);
     IF attendance.ends_at <= attendance.starts_at THEN
         RAISE EXCEPTION 'ends_at (%) must be after starts_at (%)', attendance.ends_at, attendance.starts_at
             USING ERRCODE = 'invalid_parameter_value';
@@ -250,13 +257,8 @@ BEGIN
     PERFORM webinar_sessions._check_not_null('starts_at', retention.starts_at IS NULL);
     PERFORM webinar_sessions._check_not_null('ends_at', retention.ends_at IS NULL);
     PERFORM webinar_sessions._check_span('bucket', retention.bucket);
-    IF NOT pg_catalog.isfinite(retention.starts_at) THEN
-        RAISE EXCEPTION 'starts_at must be a finite time (got %)', retention.starts_at
-            USING ERRCODE = 'invalid_parameter_value';
-    ELSIF NOT pg_catalog.isfinite(retention.ends_at) THEN
-        RAISE EXCEPTION 'ends_at must be a finite time (got %)', retention.ends_at
-            USING ERRCODE = 'invalid_parameter_value';
-    END IF;
+    PERFORM webinar_sessions._check_finite('starts_at', retention.starts_at);
+    PERFORM webinar_sessions._check_finite('ends_at', retention.ends_at);
     IF retention.ends_at <= retention.starts_at THEN
         RAISE EXCEPTION 'ends_at (%) must be after starts_at (%)', retention.ends_at, retention.starts_at
             USING ERRCODE = 'invalid_parameter_value';

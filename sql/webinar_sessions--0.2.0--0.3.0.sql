@@ -303,6 +303,19 @@ CREATE OR REPLACE AGGREGATE webinar_sessions._presence_summary(uuid, timestamptz
     FINALFUNC_MODIFY = READ_WRITE
 );
 
+-- The finiteness check attendance and retention share.
+CREATE FUNCTION webinar_sessions._check_finite(p_name text, p_value timestamptz)
+RETURNS void
+LANGUAGE plpgsql IMMUTABLE
+AS $$
+BEGIN
+    IF NOT pg_catalog.isfinite(p_value) THEN
+        RAISE EXCEPTION '% must be a finite time (got %)', p_name, p_value
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+END
+$$;
+
 CREATE FUNCTION webinar_sessions._presence_for(p_webinar_id uuid)
 RETURNS bytea
 LANGUAGE plpgsql STABLE
@@ -366,13 +379,8 @@ BEGIN
     PERFORM webinar_sessions._check_not_null('starts_at', attendance.starts_at IS NULL);
     PERFORM webinar_sessions._check_not_null('ends_at', attendance.ends_at IS NULL);
     PERFORM webinar_sessions._check_not_null('min_ratio', attendance.min_ratio IS NULL);
-    IF NOT pg_catalog.isfinite(attendance.starts_at) THEN
-        RAISE EXCEPTION 'starts_at must be a finite time (got %)', attendance.starts_at
-            USING ERRCODE = 'invalid_parameter_value';
-    ELSIF NOT pg_catalog.isfinite(attendance.ends_at) THEN
-        RAISE EXCEPTION 'ends_at must be a finite time (got %)', attendance.ends_at
-            USING ERRCODE = 'invalid_parameter_value';
-    END IF;
+    PERFORM webinar_sessions._check_finite('starts_at', attendance.starts_at);
+    PERFORM webinar_sessions._check_finite('ends_at', attendance.ends_at);
     IF attendance.ends_at <= attendance.starts_at THEN
         RAISE EXCEPTION 'ends_at (%) must be after starts_at (%)', attendance.ends_at, attendance.starts_at
             USING ERRCODE = 'invalid_parameter_value';
@@ -405,13 +413,8 @@ BEGIN
     PERFORM webinar_sessions._check_not_null('starts_at', retention.starts_at IS NULL);
     PERFORM webinar_sessions._check_not_null('ends_at', retention.ends_at IS NULL);
     PERFORM webinar_sessions._check_span('bucket', retention.bucket);
-    IF NOT pg_catalog.isfinite(retention.starts_at) THEN
-        RAISE EXCEPTION 'starts_at must be a finite time (got %)', retention.starts_at
-            USING ERRCODE = 'invalid_parameter_value';
-    ELSIF NOT pg_catalog.isfinite(retention.ends_at) THEN
-        RAISE EXCEPTION 'ends_at must be a finite time (got %)', retention.ends_at
-            USING ERRCODE = 'invalid_parameter_value';
-    END IF;
+    PERFORM webinar_sessions._check_finite('starts_at', retention.starts_at);
+    PERFORM webinar_sessions._check_finite('ends_at', retention.ends_at);
     IF retention.ends_at <= retention.starts_at THEN
         RAISE EXCEPTION 'ends_at (%) must be after starts_at (%)', retention.ends_at, retention.starts_at
             USING ERRCODE = 'invalid_parameter_value';
@@ -433,7 +436,8 @@ REVOKE ALL ON FUNCTION webinar_sessions._presence_of_final(internal),
     webinar_sessions._presence_grid(bytea, timestamptz, interval, bigint, boolean),
     webinar_sessions._presence_overlap(bytea, timestamptz, timestamptz),
     webinar_sessions._presence_of(uuid, timestamptz, timestamptz),
-    webinar_sessions._presence_for(uuid) FROM PUBLIC;
+    webinar_sessions._presence_for(uuid),
+    webinar_sessions._check_finite(text, timestamptz) FROM PUBLIC;
 DO $grants$
 BEGIN
     IF EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'anon') THEN
@@ -442,7 +446,8 @@ BEGIN
             webinar_sessions._presence_grid(bytea, timestamptz, interval, bigint, boolean),
             webinar_sessions._presence_overlap(bytea, timestamptz, timestamptz),
             webinar_sessions._presence_of(uuid, timestamptz, timestamptz),
-            webinar_sessions._presence_for(uuid) FROM anon;
+            webinar_sessions._presence_for(uuid),
+    webinar_sessions._check_finite(text, timestamptz) FROM anon;
     END IF;
     IF EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'service_role') THEN
         GRANT EXECUTE ON FUNCTION webinar_sessions._presence_of_final(internal),
@@ -450,7 +455,8 @@ BEGIN
             webinar_sessions._presence_grid(bytea, timestamptz, interval, bigint, boolean),
             webinar_sessions._presence_overlap(bytea, timestamptz, timestamptz),
             webinar_sessions._presence_of(uuid, timestamptz, timestamptz),
-            webinar_sessions._presence_for(uuid) TO service_role;
+            webinar_sessions._presence_for(uuid),
+    webinar_sessions._check_finite(text, timestamptz) TO service_role;
     END IF;
 END
 $grants$;
