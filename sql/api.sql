@@ -91,54 +91,31 @@ COMMENT ON FUNCTION webinar_sessions.enter(uuid, text, uuid) IS
 -- A heartbeat is a sign of life, not a payment: it commits without waiting for the WAL
 -- flush (synchronous_commit off for this transaction only), unless the transaction has
 -- written something else already (an enter or leave must stay durable; they also turn it
--- back on when they come after). A crash can lose the last
--- fraction of a second of heartbeats, which moves a session's recorded end back by that
--- much; it can never lose or corrupt a session: a heartbeat that opens one commits durably.
+-- back on when they come after). A crash can lose the last fraction of a second of
+-- heartbeats, which moves a session's recorded end back by that much; it can never lose or
+-- corrupt a session: a heartbeat that opens one commits durably.
 --
--- With heartbeat_mode = buffered, a session already in the heartbeat buffer is answered
--- from shared memory (_buffered_heartbeat): no row update, no WAL, and the worker writes
--- the newest heartbeat of each session every flush_interval. Otherwise (direct mode, or the
--- first heartbeat of a session, or during a sweep) the row is updated here and the session
+-- One path, in this order: the arguments and the caller's identity are checked once; with
+-- heartbeat_mode = buffered, a session already in the heartbeat buffer is answered from
+-- shared memory (_buffer_probe: no row update, no WAL; the worker writes the newest
+-- heartbeat of each session every flush_interval); otherwise (direct mode, the first
+-- heartbeat of a session, or during a sweep) _mark_alive updates the row, and the session
 -- enters the buffer.
---
--- This is the hot path, kept as lean as plpgsql allows: the checks, the setting and the
--- durability switch are simple expressions (no SPI round), and the common case is the one
--- UPDATE written out here; only a session that must be (re)opened goes through _mark_alive.
 CREATE FUNCTION webinar_sessions.heartbeat(webinar_id uuid, session_id text, user_id uuid DEFAULT NULL)
 RETURNS webinar_sessions.session_status
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = ''
 AS $$
 DECLARE
-    r webinar_sessions.session_status :=
-        webinar_sessions._buffered_heartbeat(heartbeat.webinar_id, heartbeat.session_id, heartbeat.user_id);
-    v_user uuid;
-    v_interval integer;
+    v_user uuid := webinar_sessions._checked_user(heartbeat.webinar_id, heartbeat.session_id, heartbeat.user_id);
+    r webinar_sessions.session_status := webinar_sessions._buffer_probe(heartbeat.webinar_id, v_user, heartbeat.session_id);
     v_async text;
-    v_tracked boolean;
 BEGIN
     IF r.id IS NOT NULL THEN
         RETURN r;
     END IF;
-    v_user := webinar_sessions._checked_user(heartbeat.webinar_id, heartbeat.session_id, heartbeat.user_id);
-    v_interval := webinar_sessions._heartbeat_interval_s();
     IF pg_catalog.txid_current_if_assigned() IS NULL THEN
         v_async := pg_catalog.set_config('synchronous_commit', 'off', true);
-    END IF;
-    UPDATE webinar_sessions.webinar_user_sessions AS s
-       SET last_heartbeat_at = greatest(s.last_heartbeat_at, now(), s.entered_at),
-           updated_at = now()
-     WHERE s.webinar_id = heartbeat.webinar_id
-       AND s.user_id = v_user
-       AND s.session_id = heartbeat.session_id
-       AND s.exited_at IS NULL
-    RETURNING s.id, s.webinar_id, s.session_id, 'alive',
-              s.entered_at, s.last_heartbeat_at, s.exited_at, v_interval
-    INTO r;
-    IF FOUND THEN
-        v_tracked := webinar_sessions._buffer_track(r.id, heartbeat.webinar_id, v_user, heartbeat.session_id,
-                                                    r.entered_at, r.last_heartbeat_at);
-        RETURN r;
     END IF;
     r := webinar_sessions._mark_alive(
         heartbeat.webinar_id, v_user, heartbeat.session_id, 'alive', 'reopened', true);
@@ -396,19 +373,11 @@ $$;
 COMMENT ON FUNCTION public.enter_webinar(uuid, text) IS
     'webinar_sessions: the signed-in viewer enters a webinar (status entered or resumed).';
 
--- The buffered path is tried here first, as the caller: it reads and writes only shared
--- memory, so it needs no SECURITY DEFINER switch.
 CREATE FUNCTION public.heartbeat(webinar_id uuid, session_id text)
 RETURNS webinar_sessions.session_status
 LANGUAGE plpgsql VOLATILE SECURITY INVOKER
 AS $$
-DECLARE
-    r webinar_sessions.session_status :=
-        webinar_sessions._buffered_heartbeat(heartbeat.webinar_id, heartbeat.session_id, NULL);
 BEGIN
-    IF r.id IS NOT NULL THEN
-        RETURN r;
-    END IF;
     RETURN webinar_sessions.heartbeat(heartbeat.webinar_id, heartbeat.session_id);
 END
 $$;

@@ -33,9 +33,7 @@ BEGIN
         GRANT EXECUTE ON FUNCTION
             public.enter_webinar(uuid, text), public.heartbeat(uuid, text), public.leave_webinar(uuid, text),
             webinar_sessions.enter(uuid, text, uuid), webinar_sessions.heartbeat(uuid, text, uuid),
-            webinar_sessions.leave(uuid, text, uuid),
-            -- the buffered heartbeat, tried by public.heartbeat as the caller
-            webinar_sessions._buffered_heartbeat(uuid, text, uuid)
+            webinar_sessions.leave(uuid, text, uuid)
             TO authenticated;
         GRANT SELECT ON webinar_sessions.webinar_user_sessions, webinar_sessions.session_spans,
             webinar_sessions.presence, webinar_sessions.watch_time TO authenticated;

@@ -10,9 +10,10 @@ use common::*;
 use postgres::Client;
 
 /// Releases an installation may be updated from; tests/run.sh installs their scripts.
-/// 0.2.0 has no frozen install script: PostgreSQL installs it as 0.1.0 plus the 0.1.0 -> 0.2.0
-/// script, which this test proved equal to a fresh 0.2.0 while 0.2.0 was current.
-const EARLIER_RELEASES: &[&str] = &["0.1.0", "0.2.0"];
+/// Only 0.1.0 has a frozen install script: PostgreSQL installs 0.2.0 as 0.1.0 plus the
+/// 0.1.0 -> 0.2.0 script, and 0.3.0 as that plus the 0.2.0 -> 0.3.0 one, which this test
+/// proved equal to a fresh install of each while it was current.
+const EARLIER_RELEASES: &[&str] = &["0.1.0", "0.2.0", "0.3.0"];
 
 /// Everything that makes up the installed extension, as text: each member object with its
 /// definition and privileges, plus the tables' indexes, constraints, triggers and policies.

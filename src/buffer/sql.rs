@@ -20,26 +20,48 @@ use std::sync::atomic::Ordering;
 // The SQL-callable side.
 // ---------------------------------------------------------------------------------------
 
-/// The heartbeat's buffered path: the same checks as the direct path, then, when the session
-/// is in the buffer, "alive at now()" recorded in shared memory and the session's status
-/// returned; NULL when the caller must take the direct path.
-#[pg_extern(volatile, parallel_unsafe, name = "_buffered_heartbeat", requires = ["schema"])]
+/// The heartbeat's buffered path, for arguments already checked: when the session is in the
+/// buffer, "alive at now()" is recorded (at commit, see `record_beats`) and the session's
+/// status returned; NULL when the caller must write the row. `webinar_sessions.heartbeat`
+/// calls it once, after its checks; nobody else may (see `sql/privileges.sql`).
+///
+/// A read-only transaction (a PostgREST GET) is not answered here: its UPDATE then fails with
+/// 25006 as in direct mode, since a heartbeat is a write.
+#[pg_extern(volatile, parallel_unsafe, name = "_buffer_probe", requires = ["schema"])]
+fn buffer_probe(
+    webinar_id: Uuid,
+    user_id: Uuid,
+    session_id: &str,
+    fcinfo: pg_sys::FunctionCallInfo,
+) -> Option<pgrx::composite_type!('static, "session_status")> {
+    probe(&webinar_id, &user_id, session_id, fcinfo)
+}
+
+/// The probe as 0.3.0 and earlier declared it (checking the arguments itself): kept so that
+/// their install scripts (and a database not yet updated) still find it in the library. Not
+/// part of the current SQL.
+#[pg_extern(sql = false)]
 fn buffered_heartbeat(
     webinar_id: Option<Uuid>,
     session_id: Option<&str>,
     user_id: Option<Uuid>,
     fcinfo: pg_sys::FunctionCallInfo,
 ) -> Option<pgrx::composite_type!('static, "session_status")> {
-    // Not buffering: the caller's direct path checks the arguments (once). A read-only
-    // transaction (a PostgREST GET) goes direct too, where its UPDATE fails with 25006 as it
-    // does in direct mode: a heartbeat is a write.
+    let user = checked_user(webinar_id, session_id, user_id);
+    probe(&webinar_id?, &user, session_id?, fcinfo)
+}
+
+fn probe(
+    webinar_id: &Uuid,
+    user_id: &Uuid,
+    session_id: &str,
+    fcinfo: pg_sys::FunctionCallInfo,
+) -> Option<PgHeapTuple<'static, AllocatedByRust>> {
     if guc::heartbeat_mode() != guc::HeartbeatMode::Buffered || unsafe { pg_sys::XactReadOnly } {
         return None;
     }
     let shared = available()?;
-    let user = checked_user(webinar_id, session_id, user_id);
-    let (webinar_id, session_id) = (webinar_id?, session_id?);
-    let key = Key::new(&webinar_id, &user, session_id)?;
+    let key = Key::new(webinar_id, user_id, session_id)?;
     let (row_id, entered_at, at, alive_at) = {
         let locked = lock_shared(shared);
         if sweeps_here(shared) != 0 {
@@ -62,44 +84,63 @@ fn buffered_heartbeat(
     };
     PENDING.with(|p| p.borrow_mut().beats.push((subtransaction(), beat)));
     shared.buffered.fetch_add(1, Ordering::Relaxed);
-    Some(session_status(
-        fcinfo,
-        Uuid::from_bytes(row_id),
-        webinar_id,
+    let fields = AliveRow {
+        id: Uuid::from_bytes(row_id),
+        webinar_id: *webinar_id,
         session_id,
         entered_at,
         alive_at,
-    ))
+    };
+    Some(fields.tuple(fcinfo))
 }
 
-fn session_status(
-    fcinfo: pg_sys::FunctionCallInfo,
-    row_id: Uuid,
+/// What a buffered heartbeat answers. The row's shape is SQL's (`webinar_sessions.session_status`
+/// in `sql/schema.sql`): its columns are filled by name, whatever their order.
+struct AliveRow<'a> {
+    id: Uuid,
     webinar_id: Uuid,
-    session_id: &str,
+    session_id: &'a str,
     entered_at: i64,
     alive_at: i64,
-) -> PgHeapTuple<'static, AllocatedByRust> {
-    let mut tupdesc: pg_sys::TupleDesc = std::ptr::null_mut();
-    let kind = unsafe { pg_sys::get_call_result_type(fcinfo, std::ptr::null_mut(), &mut tupdesc) };
-    if kind != pg_sys::TypeFuncClass::TYPEFUNC_COMPOSITE || tupdesc.is_null() {
-        raise(
-            ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
-            "_buffered_heartbeat must return webinar_sessions.session_status",
-        );
+}
+
+impl AliveRow<'_> {
+    fn tuple(&self, fcinfo: pg_sys::FunctionCallInfo) -> PgHeapTuple<'static, AllocatedByRust> {
+        let mut tupdesc: pg_sys::TupleDesc = std::ptr::null_mut();
+        let kind =
+            unsafe { pg_sys::get_call_result_type(fcinfo, std::ptr::null_mut(), &mut tupdesc) };
+        if kind != pg_sys::TypeFuncClass::TYPEFUNC_COMPOSITE || tupdesc.is_null() {
+            raise(
+                ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+                "_buffer_probe must return a row type",
+            );
+        }
+        let tupdesc = unsafe { PgTupleDesc::from_pg_copy(tupdesc) };
+        let datums: Vec<Option<pg_sys::Datum>> = tupdesc
+            .iter()
+            .map(|attribute| {
+                if attribute.is_dropped() {
+                    return None;
+                }
+                match attribute.name() {
+                    "id" => self.id.into_datum(),
+                    "webinar_id" => self.webinar_id.into_datum(),
+                    "session_id" => self.session_id.into_datum(),
+                    "status" => "alive".into_datum(),
+                    "entered_at" => timestamp(self.entered_at).into_datum(),
+                    "last_heartbeat_at" => timestamp(self.alive_at).into_datum(),
+                    "exited_at" => None,
+                    "heartbeat_interval_s" => guc::HEARTBEAT_INTERVAL.get().into_datum(),
+                    other => raise(
+                        ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+                        format!("_buffer_probe cannot fill column {other} of its row type"),
+                    ),
+                }
+            })
+            .collect();
+        unsafe { PgHeapTuple::from_datums(tupdesc, datums) }
+            .expect("one datum for each column of the row type")
     }
-    let tupdesc = unsafe { PgTupleDesc::from_pg_copy(tupdesc) };
-    let datums = [
-        row_id.into_datum(),
-        webinar_id.into_datum(),
-        session_id.into_datum(),
-        "alive".into_datum(),
-        timestamp(entered_at).into_datum(),
-        timestamp(alive_at).into_datum(),
-        None,
-        guc::HEARTBEAT_INTERVAL.get().into_datum(),
-    ];
-    unsafe { PgHeapTuple::from_datums(tupdesc, datums) }.expect("session_status has 8 fields")
 }
 
 /// Puts an active row into the buffer when this transaction commits, so that its next
