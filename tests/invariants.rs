@@ -115,6 +115,9 @@ fn call(
 
 struct Run {
     answers: Vec<Answer>,
+    /// When the load started, and when the restarted server accepted connections.
+    started: Instant,
+    restarted_at: Option<Instant>,
     /// Calls that failed with an error the README allows under contention (40001).
     retries: usize,
 }
@@ -250,7 +253,12 @@ fn run_load(
         }
     }
     let retries = *retries.lock().unwrap();
-    Run { answers, retries }
+    Run {
+        answers,
+        started,
+        restarted_at,
+        retries,
+    }
 }
 
 /// A row as it ended: (entered_at, last_heartbeat_at, exited_at, exit_reason).
@@ -271,6 +279,35 @@ fn table(admin: &mut Client) -> HashMap<String, Row> {
         .into_iter()
         .map(|r| (r.get(0), (r.get(1), r.get(2), r.get(3), r.get(4))))
         .collect()
+}
+
+/// Every answer that named row `id`, in the order they were received, with the times the
+/// client saw (ms since the load started) and the time each vouched for (us relative to
+/// `at`): what a report of a violation needs to be diagnosed.
+fn history(run: &Run, id: &str, at: i64) -> String {
+    let ms = |t: Instant| t.duration_since(run.started).as_secs_f64() * 1000.0;
+    let mut answers: Vec<&Answer> = run
+        .answers
+        .iter()
+        .filter(|a| a.id.as_deref() == Some(id))
+        .collect();
+    answers.sort_by_key(|a| a.answered);
+    let mut lines = vec![format!(
+        "  history of {id} (restart at {:?} ms):",
+        run.restarted_at.map(ms)
+    )];
+    for a in answers {
+        lines.push(format!(
+            "  asked {:9.1} ms, answered {:9.1} ms{}: {} -> {} at {:+} us",
+            ms(a.asked),
+            ms(a.answered),
+            if a.before_crash { " (old server)" } else { "" },
+            a.call,
+            a.status,
+            a.at.map_or(0, |t| t - at)
+        ));
+    }
+    lines.join("\n")
 }
 
 /// Every violation of the invariants, as text. `crash_slack_us`: how far behind an answer
@@ -298,8 +335,9 @@ fn violations(run: &Run, rows: &HashMap<String, Row>, crash_slack_us: i64) -> Ve
                 let at = answer.at.unwrap_or(entered_at);
                 if end < at - slack {
                     found.push(format!(
-                        "invariant 1: {} {} (key {}) told {} at {at}, row ends at {end} ({reason:?}), {} us before",
-                        answer.call, id, answer.key, answer.status, at - end
+                        "invariant 1: {} {} (key {}) told {} at {at}, row ends at {end} ({reason:?}), {} us before\n{}",
+                        answer.call, id, answer.key, answer.status, at - end,
+                        history(run, id, at)
                     ));
                 }
             }

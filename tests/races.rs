@@ -521,3 +521,103 @@ fn the_saved_buffer_is_written_only_at_a_clean_stop_and_trusted_only_then() {
         "the left session was served from a stale buffer"
     );
 }
+
+/// A session opened by a transaction whose commit is not visible yet is not answered from the
+/// buffer. Its entry is added at PRE_COMMIT (so that a leave or sweep racing the commit finds
+/// it), but until the commit is visible the row is one nobody else sees: a sweep's flush
+/// skips it and dropped the entry with the heartbeat it had answered, and the sweep then
+/// closed the row before the time the client was told. (0.3.0 answered `alive` at once. A CI
+/// run of tests/invariants.rs caught it after a crash restart, when commits wait long for the
+/// WAL flush; here a commit waits for a synchronous standby that does not exist.)
+#[test]
+fn a_session_is_not_answered_from_the_buffer_before_its_opening_commit_is_visible() {
+    let (cluster, mut admin) = buffered(
+        "races-invisible",
+        "main_db",
+        &[
+            "synchronous_standby_names = 'nobody'",
+            "synchronous_commit = local",
+        ],
+    );
+    let (webinar, viewer) = (uuid(30), uuid(3));
+    // The opener's durable commit waits for the standby until it is cancelled.
+    let url = format!(
+        "{} options='-c synchronous_commit=on'",
+        cluster.url("main_db", "authenticator")
+    );
+    let (w, v) = (webinar.clone(), viewer.clone());
+    let opener = std::thread::spawn(move || {
+        let mut api = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+        call(&mut api, "public.heartbeat", &v, &w)
+    });
+    let waiting = |admin: &mut Client| -> Option<i32> {
+        admin
+            .query_opt(
+                "SELECT pid FROM pg_stat_activity WHERE wait_event = 'SyncRep'",
+                &[],
+            )
+            .unwrap()
+            .map(|r| r.get(0))
+    };
+    assert!(
+        eventually(Duration::from_secs(20), || waiting(&mut admin).is_some()),
+        "the opener's commit never waited for the standby"
+    );
+    // A second heartbeat of the same session, while the opener's row is invisible.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let mut api = cluster.connect_as("main_db", "authenticator");
+    let (w, v) = (webinar.clone(), viewer.clone());
+    let second = std::thread::spawn(move || {
+        let answer = call(&mut api, "public.heartbeat", &v, &w);
+        tx.send(answer.clone()).unwrap();
+        answer
+    });
+    if let Ok(early) = rx.recv_timeout(Duration::from_secs(1)) {
+        let visible: i64 = admin
+            .query_one(
+                "SELECT count(*) FROM webinar_sessions.webinar_user_sessions WHERE id = $1::text::uuid",
+                &[&early["id"].as_str().unwrap()],
+            )
+            .unwrap()
+            .get(0);
+        panic!("answered {early} while its row was visible to nobody ({visible} rows)");
+    }
+    // The opener's commit becomes visible; the second heartbeat then finds its row.
+    let pid = waiting(&mut admin).expect("the opener still waits");
+    admin
+        .execute("SELECT pg_cancel_backend($1)", &[&pid])
+        .unwrap();
+    let opened = opener.join().expect("the opener failed");
+    let alive = second.join().expect("the second heartbeat failed");
+    assert_eq!(opened["status"], "reopened", "{opened}");
+    assert_eq!(alive["status"], "alive", "{alive}");
+    assert_eq!(alive["id"], opened["id"], "{alive} after {opened}");
+    settle(&mut admin);
+    assert_eq!(
+        stored(&mut admin, &alive["id"]).as_deref(),
+        alive["last_heartbeat_at"].as_str(),
+        "the row holds the heartbeat the second call was told"
+    );
+    // From now on the session is served from the buffer again.
+    let mut api = cluster.connect_as("main_db", "authenticator");
+    let before: i64 = admin
+        .query_one(
+            "SELECT buffered_heartbeats FROM webinar_sessions.buffer_stats",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    call(&mut api, "public.heartbeat", &viewer, &webinar);
+    let after: i64 = admin
+        .query_one(
+            "SELECT buffered_heartbeats FROM webinar_sessions.buffer_stats",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        after,
+        before + 1,
+        "the committed session is answered from the buffer"
+    );
+}

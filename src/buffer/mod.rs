@@ -12,7 +12,8 @@
 //!
 //! The rules that keep the buffer from ever answering `alive` for a session that is closed:
 //! * an entry is added only for a row that is known to be active, when the transaction that
-//!   found or opened it commits (commit callbacks run before its row locks are released);
+//!   found or opened it commits (at PRE_COMMIT, before its row locks are released), and is
+//!   served only after that transaction is visible (its COMMIT callback marks it committed);
 //! * `leave` counts itself into the entry's `closers` before it closes the row (several leaves
 //!   of one session may be under way at once, in different backends); an entry with closers is
 //!   never served and blocks new entries for the key; each leave takes itself out when it
@@ -115,7 +116,11 @@ pub(crate) struct Entry {
     pub(crate) flushed_at: i64,
     /// How many leaves of this session are under way (in any backend).
     pub(crate) closers: i32,
-    pub(crate) _padding: i32,
+    /// The transaction that added the entry (at its PRE_COMMIT) has committed: until then
+    /// the row it names may be invisible to others (a new session's INSERT), so no heartbeat
+    /// is answered from the entry, and a flush that does not see the row must not take that
+    /// for a closed row.
+    pub(crate) committed: bool,
 }
 
 impl Entry {
@@ -131,6 +136,7 @@ impl Entry {
         entered_at: i64,
         alive_at: i64,
         closers: i32,
+        committed: bool,
     ) -> &'a mut Entry {
         unsafe {
             slot.write(Entry {
@@ -140,19 +146,20 @@ impl Entry {
                 alive_at: AtomicI64::new(alive_at),
                 flushed_at: alive_at,
                 closers,
-                _padding: 0,
+                committed,
             });
             &mut *slot
         }
     }
 
-    /// Makes an existing entry name another row of its key.
+    /// Makes an existing entry name another row of its key (not yet committed).
     pub(crate) fn reset(&mut self, row_id: [u8; 16], entered_at: i64, alive_at: i64) {
         self.row_id = row_id;
         self.entered_at = entered_at;
         self.alive_at = AtomicI64::new(alive_at);
         self.flushed_at = alive_at;
         self.closers = 0;
+        self.committed = false;
     }
 }
 

@@ -235,7 +235,7 @@ fn load_saved_buffer(capacity: i64) {
         if slot.is_null() {
             break;
         }
-        let entry = unsafe { Entry::write(slot, key, row_id, entered_at, alive_at, 0) };
+        let entry = unsafe { Entry::write(slot, key, row_id, entered_at, alive_at, 0, true) };
         entry.flushed_at = flushed_at;
         loaded += 1;
     }
@@ -400,7 +400,11 @@ impl<'g> Vacant<'g> {
         alive_at: i64,
         closers: i32,
     ) -> &'g mut Entry {
-        unsafe { Entry::write(self.entry, key, row_id, entered_at, alive_at, closers) }
+        unsafe {
+            Entry::write(
+                self.entry, key, row_id, entered_at, alive_at, closers, false,
+            )
+        }
     }
 }
 

@@ -68,7 +68,7 @@ fn probe(
             return None;
         }
         let entry = locked.find(&key)?;
-        if entry.closers != 0 || entry.row_id == [0; 16] {
+        if entry.closers != 0 || entry.row_id == [0; 16] || !entry.committed {
             return None;
         }
         let at = now().max(entry.entered_at);

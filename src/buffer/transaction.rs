@@ -122,6 +122,12 @@ unsafe extern "C-unwind" fn at_transaction_end(
     let Some(shared) = shared() else { return };
     let mut locked = lock_exclusive(shared);
     if commit {
+        // The rows this transaction found or opened are visible now: serve their entries.
+        for (key, row_id) in &pending.tracked {
+            if let Some(entry) = locked.find(key).filter(|e| e.row_id == *row_id) {
+                entry.committed = true;
+            }
+        }
         apply_commit(&mut locked, &pending);
     } else {
         for (_, key) in &pending.closing {
@@ -322,7 +328,10 @@ fn apply_commit(locked: &mut ExclusiveGuard, pending: &Pending) {
 /// (unless a leave, this transaction's too, is closing them). Not at COMMIT: by then the
 /// transaction is visible as committed and its row locks are about to go, so a leave or sweep
 /// could close the row and finish before the entry appeared, which would then name a closed
-/// row. Now they wait for this transaction's row locks, and find the entry.
+/// row. Now they wait for this transaction's row locks, and find the entry. An entry added
+/// here is served only once the COMMIT callback marks it committed: until the transaction is
+/// visible, a session it opened is a row nobody else can see, which a sweep's flush would
+/// skip (and then drop the entry with a heartbeat it had answered).
 fn track_opened() {
     let opened = PENDING.with(|p| std::mem::take(&mut p.borrow_mut().opened));
     if opened.is_empty() {
