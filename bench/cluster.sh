@@ -3,27 +3,24 @@
 # start_cluster NAME  initdb's a cluster in a new temporary folder (run by an unprivileged
 #                     account when we are root), appends standard input to its
 #                     postgresql.conf, starts it on a free port of the loopback address, and
-#                     stops and removes it when the script exits. Sets cluster, port, runas.
+#                     stops and removes it when the script exits. Sets cluster, port, and
+#                     as_owner (tests/harness/os_user.sh).
 
 start_cluster() {
-    runas=()
+    source tests/harness/os_user.sh
     cluster=$(mktemp -d "/tmp/webinar_sessions-$1.XXXXXX")
-    if [ "$(id -u)" -eq 0 ]; then
-        local owner=${WEBINAR_SESSIONS_TEST_OS_USER:-postgres}
-        chown "$owner" "$cluster"
-        runas=(runuser -u "$owner" --)
-    fi
+    [ -z "$os_user" ] || chown "$os_user" "$cluster"
     port=$((20000 + RANDOM % 20000))
-    "${runas[@]}" initdb -D "$cluster/data" -U postgres -A trust -E UTF8 >/dev/null
+    "${as_owner[@]}" initdb -D "$cluster/data" -U postgres -A trust -E UTF8 >/dev/null
     {
         printf "port = %s\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '%s'\n" "$port" "$cluster"
         cat
     } >>"$cluster/data/postgresql.conf"
     trap stop_cluster EXIT
-    "${runas[@]}" pg_ctl -D "$cluster/data" -l "$cluster/server.log" -w start >/dev/null
+    "${as_owner[@]}" pg_ctl -D "$cluster/data" -l "$cluster/server.log" -w start >/dev/null
 }
 
 stop_cluster() {
-    "${runas[@]}" pg_ctl -D "$cluster/data" -m fast stop >/dev/null 2>&1 || true
+    "${as_owner[@]}" pg_ctl -D "$cluster/data" -m fast stop >/dev/null 2>&1 || true
     rm -rf "$cluster"
 }

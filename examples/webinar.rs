@@ -12,10 +12,7 @@
 //! Run it with `examples/webinar.sh` (which builds and installs the extension first);
 //! `--help` lists the flags.
 
-#[path = "../tests/common/mod.rs"]
-mod common;
-
-use common::{claims_for, rpc, Cluster};
+use harness::{claims_for, rpc, Cluster};
 use postgres::Client;
 use serde_json::Value;
 use std::collections::{BTreeMap, BinaryHeap};
@@ -350,7 +347,7 @@ fn main() {
 
     println!("\nThe webinar is over; waiting for the worker to sweep the viewers who vanished...");
     let patience = Duration::from_secs(u64::from(args.stale_after + 3 * args.sweep_interval) + 15);
-    let swept_all = common::eventually(patience, || {
+    let swept_all = harness::eventually(patience, || {
         count(
             &mut admin,
             "SELECT count(*) FROM webinar_sessions.webinar_user_sessions WHERE exited_at IS NULL",

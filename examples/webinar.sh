@@ -8,9 +8,7 @@ cd "$(dirname "$0")/.."
 .ci/setup.sh
 export PATH="$HOME/.cargo/bin:/usr/lib/postgresql/15/bin:$PATH"
 
-if [ "$(id -u)" -eq 0 ]; then
-    # PostgreSQL refuses to run as root; the throwaway server runs as this account.
-    export WEBINAR_SESSIONS_TEST_OS_USER=${WEBINAR_SESSIONS_TEST_OS_USER:-postgres}
-fi
+# PostgreSQL refuses to run as root; the throwaway server then runs as an unprivileged account.
+source tests/harness/os_user.sh
 cargo pgrx install --release --pg-config /usr/bin/pg_config
 cargo run --quiet --release --example webinar -- "$@"

@@ -1,9 +1,7 @@
 //! The client API as supabase-js reaches it through PostgREST: role and JWT claims set per
 //! transaction, named arguments, one JSON object back.
 
-mod common;
-
-use common::*;
+use harness::*;
 use postgres::Client;
 use std::sync::{Arc, Barrier};
 use std::time::Duration;
@@ -97,13 +95,7 @@ fn a_signed_in_viewer_reads_only_their_own_rows() {
     call(&mut api, &me, "public.enter_webinar", &webinar, "mine");
     call(&mut api, &other, "public.enter_webinar", &webinar, "theirs");
 
-    let mut tx = api.transaction().unwrap();
-    tx.batch_execute("SET LOCAL ROLE authenticated").unwrap();
-    tx.execute(
-        "SELECT set_config('request.jwt.claims', $1, true)",
-        &[&claims_for(&me)],
-    )
-    .unwrap();
+    let mut tx = begin_request(&mut api, "authenticated", Some(&claims_for(&me))).unwrap();
     let rows = tx
         .query(
             "SELECT session_id, user_id::text FROM webinar_sessions.webinar_user_sessions",
@@ -291,13 +283,7 @@ fn privilege_matrix() {
                 "authenticated" => client_api.contains(name),
                 _ => false,
             };
-            let mut tx = client.transaction().unwrap();
-            tx.batch_execute(&format!("SET LOCAL ROLE {role}")).unwrap();
-            tx.execute(
-                "SELECT set_config('request.jwt.claims', $1, true)",
-                &[&claims_for(&viewer)],
-            )
-            .unwrap();
+            let mut tx = begin_request(&mut client, role, Some(&claims_for(&viewer))).unwrap();
             let result = tx.batch_execute(&format!("SELECT {sql}"));
             match (&result, allowed) {
                 (Ok(()), true) => {}
@@ -315,180 +301,6 @@ fn privilege_matrix() {
     println!("privilege cells checked: {checked}");
     // Nothing leaked through: every transaction above was rolled back.
     assert_eq!(table_fingerprint(&mut admin), "empty");
-}
-
-/// Bad arguments and bad identities: each gets its SQLSTATE and a message naming the
-/// argument, and the table is left exactly as it was.
-#[test]
-fn bad_input_is_refused_and_writes_nothing() {
-    let (mut admin, mut api) = database("bad_input");
-    let (viewer, webinar) = (uuid(1), uuid(100));
-    call(
-        &mut api,
-        &viewer,
-        "public.enter_webinar",
-        &webinar,
-        "existing",
-    );
-    let before = table_fingerprint(&mut admin);
-
-    let good = claims_for(&viewer);
-    let long = "x".repeat(129);
-    /// (function, JWT claims, arguments, SQLSTATE, a word the message must contain)
-    type BadCall<'a> = (
-        &'a str,
-        Option<String>,
-        Vec<(&'a str, String)>,
-        &'a str,
-        &'a str,
-    );
-    let cases: Vec<BadCall> = vec![
-        (
-            "public.heartbeat",
-            Some(good.clone()),
-            vec![("webinar_id", webinar.clone())],
-            "42883",
-            "heartbeat",
-        ),
-        (
-            "public.heartbeat",
-            Some(good.clone()),
-            vec![("webinar_id", webinar.clone()), ("session_id", "".into())],
-            "22023",
-            "session_id",
-        ),
-        (
-            "public.heartbeat",
-            Some(good.clone()),
-            vec![
-                ("webinar_id", webinar.clone()),
-                ("session_id", long.clone()),
-            ],
-            "22023",
-            "session_id",
-        ),
-        (
-            "public.enter_webinar",
-            Some(good.clone()),
-            vec![
-                ("webinar_id", webinar.clone()),
-                ("session_id", "tab\u{1}".into()),
-            ],
-            "22023",
-            "session_id",
-        ),
-        (
-            "public.enter_webinar",
-            Some(good.clone()),
-            vec![
-                ("webinar_id", "not-a-uuid".into()),
-                ("session_id", "t".into()),
-            ],
-            "22P02",
-            "uuid",
-        ),
-        (
-            "public.enter_webinar",
-            Some(good.clone()),
-            vec![
-                ("webinar_id", "00000000-0000-0000-0000-000000000000".into()),
-                ("session_id", "t".into()),
-            ],
-            "22023",
-            "webinar_id",
-        ),
-        (
-            "public.leave_webinar",
-            None,
-            vec![
-                ("webinar_id", webinar.clone()),
-                ("session_id", "existing".into()),
-            ],
-            "42501",
-            "no caller identity",
-        ),
-        (
-            "public.leave_webinar",
-            Some("{not json".into()),
-            vec![
-                ("webinar_id", webinar.clone()),
-                ("session_id", "existing".into()),
-            ],
-            "42501",
-            "not valid JSON",
-        ),
-        (
-            "public.leave_webinar",
-            Some(r#"{"sub":"alice"}"#.into()),
-            vec![
-                ("webinar_id", webinar.clone()),
-                ("session_id", "existing".into()),
-            ],
-            "42501",
-            "not a uuid",
-        ),
-        (
-            "public.leave_webinar",
-            Some(r#"{"role":"service_role"}"#.into()),
-            vec![
-                ("webinar_id", webinar.clone()),
-                ("session_id", "existing".into()),
-            ],
-            "42501",
-            "no caller identity",
-        ),
-    ];
-    for (function, claims, args, code, mention) in &cases {
-        let args: Vec<(&str, &str)> = args.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        let err = rpc(
-            &mut api,
-            "authenticated",
-            claims.as_deref(),
-            function,
-            &args,
-        )
-        .unwrap_err();
-        assert_eq!(
-            err.code().code(),
-            *code,
-            "{function} {args:?}: {}",
-            err.message()
-        );
-        assert!(
-            err.message().contains(mention),
-            "{function} {args:?}: {}",
-            err.message()
-        );
-    }
-
-    // NULLs, which JSON can send as null.
-    let mut tx = api.transaction().unwrap();
-    tx.batch_execute("SET LOCAL ROLE authenticated").unwrap();
-    tx.execute(
-        "SELECT set_config('request.jwt.claims', $1, true)",
-        &[&good],
-    )
-    .unwrap();
-    for (sql, name) in [
-        (
-            "SELECT public.heartbeat(webinar_id => NULL, session_id => 't')",
-            "webinar_id",
-        ),
-        (
-            &*format!("SELECT public.heartbeat(webinar_id => '{webinar}', session_id => NULL)"),
-            "session_id",
-        ),
-    ] {
-        tx.batch_execute("SAVEPOINT s").unwrap();
-        let err = tx.batch_execute(sql).unwrap_err();
-        let db = err.as_db_error().unwrap();
-        assert_eq!(db.code().code(), "22004");
-        assert!(db.message().starts_with(name), "{}", db.message());
-        tx.batch_execute("ROLLBACK TO SAVEPOINT s").unwrap();
-    }
-    tx.commit().unwrap();
-    assert_eq!(table_fingerprint(&mut admin), before);
-    println!("bad calls sent: {}", cases.len() + 2);
 }
 
 /// Two enter_webinar calls for the same key at the same moment: one row, both callers get it.
@@ -607,13 +419,7 @@ fn a_sweep_behind_a_heartbeat_spares_the_session() {
         ))
         .unwrap();
     let mut api = shared_cluster("api").connect_as("heartbeat_first", "authenticator");
-    let mut tx = api.transaction().unwrap();
-    tx.batch_execute("SET LOCAL ROLE authenticated").unwrap();
-    tx.execute(
-        "SELECT set_config('request.jwt.claims', $1, true)",
-        &[&claims_for(&viewer)],
-    )
-    .unwrap();
+    let mut tx = begin_request(&mut api, "authenticated", Some(&claims_for(&viewer))).unwrap();
     let status: String = tx
         .query_one(
             "SELECT status FROM public.heartbeat($1::text::uuid, 'tab')",
@@ -641,4 +447,42 @@ fn a_sweep_behind_a_heartbeat_spares_the_session() {
         .unwrap()
         .get(0);
     assert_eq!(active, 1);
+}
+
+/// The harness turns a JSON body into arguments with the SQL types of `ARGUMENT_TYPES`, as
+/// PostgREST does from its schema cache: that list must be the catalog's, for every argument
+/// of every function of the API.
+#[test]
+fn the_harness_knows_the_type_of_every_argument_of_the_api() {
+    let (mut admin, _) = database("argument_types");
+    let arguments = admin
+        .query(
+            "SELECT p.oid::regprocedure::text, a.name, format_type(a.type, NULL)
+               FROM pg_depend AS d
+               JOIN pg_extension AS e ON e.oid = d.refobjid AND e.extname = 'webinar_sessions'
+               JOIN pg_proc AS p ON p.oid = d.objid AND d.classid = 'pg_proc'::regclass
+              CROSS JOIN LATERAL unnest(coalesce(p.proallargtypes, p.proargtypes::oid[]),
+                                        p.proargnames, p.proargmodes) AS a(type, name, mode)
+              WHERE d.deptype = 'e' AND p.prokind = 'f'
+                -- not the internal functions, nor the helpers of the #[pg_test] build
+                AND p.proname NOT LIKE '\\_%' AND p.proname NOT LIKE 'test\\_%'
+                AND coalesce(a.mode, 'i') IN ('i', 'b', 'v') AND a.name IS NOT NULL",
+            &[],
+        )
+        .unwrap();
+    assert!(
+        arguments.len() >= 10,
+        "too few arguments found: {arguments:?}"
+    );
+    for row in arguments {
+        let (function, name, sql_type): (String, String, String) =
+            (row.get(0), row.get(1), row.get(2));
+        let known = ARGUMENT_TYPES.iter().find(|(n, _)| *n == name);
+        let sql_type = sql_type.replace("timestamp with time zone", "timestamptz");
+        assert_eq!(
+            known.map(|(_, t)| *t),
+            Some(sql_type.as_str()),
+            "{function}: argument {name}"
+        );
+    }
 }

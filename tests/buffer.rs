@@ -2,9 +2,7 @@
 //! answers, what a flush writes, how sweeps, leaves and a full buffer treat it, and what a
 //! crash costs. Each test runs on a cluster of its own, where it sets the mode explicitly.
 
-mod common;
-
-use common::*;
+use harness::*;
 use postgres::Client;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -84,13 +82,7 @@ fn a_buffered_heartbeat_writes_nothing_until_the_flush() {
 
     // Heartbeats are answered from shared memory: same row, newer time, a read-only
     // transaction (no transaction id was assigned), the row untouched.
-    let mut tx = api.transaction().unwrap();
-    tx.batch_execute("SET LOCAL ROLE authenticated").unwrap();
-    tx.execute(
-        "SELECT set_config('request.jwt.claims', $1, true)",
-        &[&claims_for(&viewer)],
-    )
-    .unwrap();
+    let mut tx = begin_request(&mut api, "authenticated", Some(&claims_for(&viewer))).unwrap();
     let row = tx
         .query_one(
             "SELECT to_jsonb(h)::text, txid_current_if_assigned() IS NULL

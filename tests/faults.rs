@@ -17,9 +17,7 @@
 //! either stop. A fast stop (SIGINT) ends the sessions, then writes a shutdown checkpoint,
 //! which flushes every WAL record: nothing acknowledged may be lost at all.
 
-mod common;
-
-use common::*;
+use harness::*;
 use postgres::{Client, NoTls};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
@@ -85,16 +83,6 @@ fn start_cluster(name: &str, database: &str, extra: &[&str]) -> Cluster {
     Cluster::start(name, &settings)
 }
 
-const WORKER_PID: &str =
-    "SELECT pid FROM pg_stat_activity WHERE backend_type = 'webinar_sessions sweeper'";
-
-fn worker_pid(client: &mut Client) -> Option<i32> {
-    client
-        .query_opt(WORKER_PID, &[])
-        .unwrap()
-        .map(|row| row.get(0))
-}
-
 /// Successful worker sweeps since this server started.
 fn worker_runs_since_start(client: &mut Client) -> i64 {
     client
@@ -126,62 +114,6 @@ fn swept_sessions(client: &mut Client) -> i64 {
         )
         .unwrap()
         .get(0)
-}
-
-/// Microseconds since 1970 of a timestamptz as `to_jsonb` writes it
-/// (`2024-05-01T10:00:00.123456+00:00`); None for JSON null.
-fn micros(value: &serde_json::Value) -> Option<i64> {
-    let text = value.as_str()?;
-    let (date, rest) = text.split_once('T').expect("a timestamp");
-    let sign_at = rest.rfind(['+', '-']).expect("a UTC offset");
-    let (time, offset) = rest.split_at(sign_at);
-    let number = |s: &str| s.parse::<i64>().unwrap();
-    let ymd: Vec<i64> = date.split('-').map(number).collect();
-    let (hms, fraction) = time.split_once('.').unwrap_or((time, ""));
-    let hms: Vec<i64> = hms.split(':').map(number).collect();
-    let fraction = if fraction.is_empty() {
-        0
-    } else {
-        number(&format!("{fraction:0<6}"))
-    };
-    let mut offset_parts = offset[1..].split(':').map(number);
-    let offset_s = offset_parts.next().unwrap() * 3600 + offset_parts.next().unwrap_or(0) * 60;
-    let offset_s = if offset.starts_with('-') {
-        -offset_s
-    } else {
-        offset_s
-    };
-    // Days from 1970-01-01 to the civil date (H. Hinnant's algorithm).
-    let (y, m, d) = (ymd[0], ymd[1], ymd[2]);
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let doy = (153 * ((m + 9) % 12) + 2) / 5 + d - 1;
-    let days = era * 146_097 + yoe * 365 + yoe / 4 - yoe / 100 + doy - 719_468;
-    let seconds = days * 86_400 + hms[0] * 3600 + hms[1] * 60 + hms[2] - offset_s;
-    Some(seconds * 1_000_000 + fraction)
-}
-
-/// A `session_status` as the client received it.
-#[derive(Clone, Debug)]
-struct Reply {
-    id: Option<String>,
-    status: String,
-    entered_at: Option<i64>,
-    last_heartbeat_at: Option<i64>,
-    exited_at: Option<i64>,
-}
-
-impl Reply {
-    fn from_json(json: &serde_json::Value) -> Reply {
-        Reply {
-            id: json["id"].as_str().map(str::to_string),
-            status: json["status"].as_str().unwrap().to_string(),
-            entered_at: micros(&json["entered_at"]),
-            last_heartbeat_at: micros(&json["last_heartbeat_at"]),
-            exited_at: micros(&json["exited_at"]),
-        }
-    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -216,7 +148,7 @@ struct Call {
     session_id: String,
     /// How many stops came before the call: the stop that may cut it off is `stops[epoch]`.
     epoch: usize,
-    acked: Option<(Instant, Reply)>,
+    acked: Option<(Instant, SessionStatus)>,
     /// When the answer or the error came.
     answered_at: Instant,
 }
@@ -327,7 +259,7 @@ fn client_thread(thread: usize, url: String, load: Arc<Load>) {
         let acked = match outcome {
             Ok(json) => {
                 let at = Instant::now();
-                let reply = Reply::from_json(&json);
+                let reply = SessionStatus::from_json(&json);
                 if !op.expected().contains(&reply.status.as_str()) {
                     load.unexpected
                         .lock()
@@ -481,7 +413,7 @@ fn check_acknowledged(
     };
     let mut by_id: BTreeMap<&str, Vec<&Call>> = BTreeMap::new();
     for call in calls {
-        if let Some((_, Reply { id: Some(id), .. })) = &call.acked {
+        if let Some((_, SessionStatus { id: Some(id), .. })) = &call.acked {
             by_id.entry(id.as_str()).or_default().push(call);
         }
     }
@@ -831,7 +763,7 @@ fn an_immediate_stop_of_buffered_heartbeats_loses_at_most_one_flush_interval() {
 }
 
 /// A client of the downtime test: one PostgREST request that must succeed.
-fn call(api: &mut Client, user: &str, op: Op, webinar: &str, session: &str) -> Reply {
+fn call(api: &mut Client, user: &str, op: Op, webinar: &str, session: &str) -> SessionStatus {
     let json = rpc(
         api,
         "authenticated",
@@ -840,7 +772,7 @@ fn call(api: &mut Client, user: &str, op: Op, webinar: &str, session: &str) -> R
         &[("webinar_id", webinar), ("session_id", session)],
     )
     .unwrap_or_else(|e| panic!("{op:?} for {user}: {e}"));
-    Reply::from_json(&json)
+    SessionStatus::from_json(&json)
 }
 
 /// The row of `id`: (exited_at, exit_reason, last_heartbeat_at, entered_at, whether it was
@@ -881,7 +813,7 @@ fn after_a_downtime_longer_than_stale_after_only_viewers_who_stay_away_are_swept
     let silent = uuid(8); // entered, never heartbeated
     let beating: Vec<&String> = returning.iter().chain(&gone).chain([&late]).collect();
 
-    let mut sessions: HashMap<&str, Reply> = HashMap::new();
+    let mut sessions: HashMap<&str, SessionStatus> = HashMap::new();
     for user in &beating {
         sessions.insert(user, call(&mut api, user, Op::Enter, &webinar, "tab"));
     }
@@ -1144,11 +1076,10 @@ fn a_hot_standby_reads_refuses_writes_and_runs_no_sweeper_until_promoted() {
     // A signed-in viewer reads their own watch time there, through row-level security.
     let mut replica_api = standby.connect_as("replica", "authenticator");
     {
-        let mut tx = replica_api.transaction().unwrap();
-        tx.batch_execute("SET LOCAL ROLE authenticated").unwrap();
-        tx.execute(
-            "SELECT set_config('request.jwt.claims', $1, true)",
-            &[&claims_for(&viewers[1])],
+        let mut tx = begin_request(
+            &mut replica_api,
+            "authenticated",
+            Some(&claims_for(&viewers[1])),
         )
         .unwrap();
         let own: Vec<String> = tx

@@ -1,115 +1,14 @@
 //! Hostile input, and a model-based property test.
 //!
-//! Every call here is shaped like a PostgREST request: one transaction that switches to the
-//! request's role (`set_config('role', ...)`), sets the JWT claims transaction-locally, and
-//! calls the function with named arguments taken from a JSON body through `json_to_record`,
-//! which is how PostgREST turns `supabase.rpc(name, {...})` into SQL (JSON `null` becomes
-//! SQL NULL, JSON arrays become SQL arrays, and bad values fail in the casts). A few calls
-//! use `common::rpc` instead, which sends arguments as text parameters.
+//! Every call here is a PostgREST-shaped request with a JSON body (`harness::postgrest`):
+//! JSON `null` becomes SQL NULL, JSON arrays SQL arrays, and bad values fail in the casts.
+//! The bad-input cases of the whole API are one table, `bad_calls`, in this file.
 
-mod common;
-
-use common::*;
+use harness::*;
 use postgres::Client;
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
-
-// ---------------------------------------------------------------------------------------
-// A PostgREST-shaped call with a JSON body.
-// ---------------------------------------------------------------------------------------
-
-/// The SQL type PostgREST would give each argument (from the function's signature).
-fn param_type(name: &str) -> &'static str {
-    match name {
-        "webinar_id" | "user_id" => "uuid",
-        "session_id" => "text",
-        "webinar_ids" | "user_ids" => "uuid[]",
-        "session_ids" => "text[]",
-        "stale_after" | "bucket" => "interval",
-        "starts_at" | "ends_at" => "timestamptz",
-        "min_ratio" => "double precision",
-        other => panic!("no type for argument {other}"),
-    }
-}
-
-/// One request: `role`, `claims` (None: the setting is not set at all), `function` called
-/// with the named arguments in `args`. Returns the rows as a JSON array, or the database
-/// error; a failed request is rolled back, as PostgREST does.
-fn call(
-    client: &mut Client,
-    role: &str,
-    claims: Option<&str>,
-    function: &str,
-    args: &[(&str, Value)],
-) -> Result<Value, Box<postgres::error::DbError>> {
-    let body = Value::Object(
-        args.iter()
-            .map(|(k, v)| (k.to_string(), v.clone()))
-            .collect(),
-    )
-    .to_string();
-    let sql = if args.is_empty() {
-        format!("SELECT coalesce(json_agg(r), '[]')::text FROM {function}() AS r")
-    } else {
-        let columns: Vec<String> = args
-            .iter()
-            .map(|(k, _)| format!("{k} {}", param_type(k)))
-            .collect();
-        let named: Vec<String> = args.iter().map(|(k, _)| format!("{k} := _.{k}")).collect();
-        format!(
-            "SELECT coalesce(json_agg(r), '[]')::text
-               FROM json_to_record($1::text::json) AS _({}),
-                    LATERAL {function}({}) AS r",
-            columns.join(", "),
-            named.join(", ")
-        )
-    };
-    let mut tx = client.transaction().expect("begin");
-    let outcome = (|| {
-        tx.execute("SELECT set_config('role', $1, true)", &[&role])?;
-        if let Some(claims) = claims {
-            tx.execute(
-                "SELECT set_config('request.jwt.claims', $1, true)",
-                &[&claims],
-            )?;
-        }
-        let row = if args.is_empty() {
-            tx.query_one(&sql, &[])?
-        } else {
-            tx.query_one(&sql, &[&body])?
-        };
-        Ok::<_, postgres::Error>(row.get::<_, String>(0))
-    })();
-    match outcome {
-        Ok(json) => {
-            tx.commit().expect("commit");
-            Ok(serde_json::from_str(&json).unwrap())
-        }
-        Err(e) => {
-            let _ = tx.rollback();
-            let db = e
-                .as_db_error()
-                .cloned()
-                .unwrap_or_else(|| panic!("not a database error: {e}"));
-            Err(Box::new(db))
-        }
-    }
-}
-
-/// A call that returns one row (enter / heartbeat / leave and friends).
-fn call_one(
-    client: &mut Client,
-    role: &str,
-    claims: Option<&str>,
-    function: &str,
-    args: &[(&str, Value)],
-) -> Result<Value, Box<postgres::error::DbError>> {
-    let rows = call(client, role, claims, function, args)?;
-    let rows = rows.as_array().expect("an array of rows");
-    assert_eq!(rows.len(), 1, "{function}: {rows:?}");
-    Ok(rows[0].clone())
-}
 
 /// Both tables, every row in full, with each row version's ctid and xmin: any write that
 /// commits (even one rewriting a row with the same values) changes this text.
@@ -152,16 +51,7 @@ const NIL: &str = "00000000-0000-0000-0000-000000000000";
 // 1. Hostile input, table-driven.
 // ---------------------------------------------------------------------------------------
 
-/// How a bad call travels.
-#[derive(Clone, Copy, Debug)]
-enum Via {
-    /// A JSON body through `json_to_record`, as PostgREST does.
-    Body,
-    /// `common::rpc`: text parameters (NULL impossible), cast to the parameter types.
-    TextParams,
-}
-
-/// (description, role, claims, function, args, SQLSTATE, substring of the message, via)
+/// (description, role, claims, function, args, SQLSTATE, substring of the message)
 struct Bad {
     what: String,
     role: &'static str,
@@ -170,7 +60,6 @@ struct Bad {
     args: Vec<(&'static str, Value)>,
     code: &'static str,
     mention: String,
-    via: Via,
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -191,22 +80,6 @@ fn bad(
         args,
         code,
         mention: mention.into(),
-        via: Via::Body,
-    }
-}
-
-fn send(api: &mut Client, b: &Bad) -> Result<Value, Box<postgres::error::DbError>> {
-    match b.via {
-        Via::Body => call(api, b.role, b.claims.as_deref(), b.function, &b.args),
-        Via::TextParams => {
-            let text: Vec<(&str, String)> = b
-                .args
-                .iter()
-                .map(|(k, v)| (*k, v.as_str().expect("text parameters only").to_string()))
-                .collect();
-            let args: Vec<(&str, &str)> = text.iter().map(|(k, v)| (*k, v.as_str())).collect();
-            rpc(api, b.role, b.claims.as_deref(), b.function, &args)
-        }
     }
 }
 
@@ -225,7 +98,7 @@ fn seed(admin: &mut Client, api: &mut Client, webinar: &str, a: &str, b: &str) {
         (&cb, "public.heartbeat", "tab-swept"),
         (&ca, "public.enter_webinar", "tab-stale"),
     ] {
-        call_one(
+        rpc_json(
             api,
             "authenticated",
             Some(claims),
@@ -243,7 +116,7 @@ fn seed(admin: &mut Client, api: &mut Client, webinar: &str, a: &str, b: &str) {
         )
         .unwrap();
     // Both aged sessions are swept now; tab-stale is opened again below.
-    let swept = call(
+    let swept = rpc_rows(
         api,
         "service_role",
         None,
@@ -257,7 +130,7 @@ fn seed(admin: &mut Client, api: &mut Client, webinar: &str, a: &str, b: &str) {
         "both aged sessions are swept in the seed"
     );
     // Re-open tab-stale and age it by one hour: active and stale from now on.
-    call_one(
+    rpc_json(
         api,
         "authenticated",
         Some(&ca),
@@ -415,18 +288,6 @@ fn bad_calls(webinar: &str, a: &str, b: &str) -> Vec<Bad> {
         "22P05",
         "unsupported Unicode escape sequence",
     ));
-    rows.push(Bad {
-        via: Via::TextParams,
-        ..bad(
-            "public.enter_webinar: session_id with NUL as a text parameter",
-            "authenticated",
-            ca,
-            "public.enter_webinar",
-            key_args(webinar, "tab\u{0}a"),
-            "22021",
-            "0x00",
-        )
-    });
 
     // Uuids: malformed, nil.
     for (label, value, code, mention) in [
@@ -1089,7 +950,13 @@ fn hostile_calls_are_refused_and_change_nothing() {
     let mut sent = 0;
     for row in &rows {
         sent += 1;
-        match send(&mut api, row) {
+        match rpc_rows(
+            &mut api,
+            row.role,
+            row.claims.as_deref(),
+            row.function,
+            &row.args,
+        ) {
             Ok(value) => failures.push(format!("{}: succeeded with {value}", row.what)),
             Err(e) => {
                 if e.code().code() != row.code || !e.message().contains(&row.mention) {
@@ -1150,7 +1017,7 @@ fn weird_but_valid_session_ids_are_stored_exactly() {
     ];
     let mut ids = BTreeSet::new();
     for session in &valid {
-        let entered = call_one(
+        let entered = rpc_json(
             &mut api,
             "authenticated",
             Some(&claims),
@@ -1175,7 +1042,7 @@ fn weird_but_valid_session_ids_are_stored_exactly() {
             ("public.heartbeat", "alive"),
             ("public.leave_webinar", "left"),
         ] {
-            let r = call_one(
+            let r = rpc_json(
                 &mut api,
                 "authenticated",
                 Some(&claims),
@@ -1192,7 +1059,7 @@ fn weird_but_valid_session_ids_are_stored_exactly() {
     }
     // The same ids through heartbeat_batch for another viewer: one new session each.
     let other = uuid(2);
-    let opened = call(
+    let opened = rpc_rows(
         &mut api,
         "service_role",
         None,
@@ -1231,7 +1098,7 @@ fn a_stale_after_reaching_into_the_future_is_refused() {
     let _admin = cluster.supabase_database("hostile_bug");
     let mut api = cluster.connect_as("hostile_bug", "authenticator");
     let (viewer, webinar) = (uuid(1), uuid(100));
-    let alive = call_one(
+    let alive = rpc_json(
         &mut api,
         "authenticated",
         Some(&claims_for(&viewer)),
@@ -1240,7 +1107,7 @@ fn a_stale_after_reaching_into_the_future_is_refused() {
     )
     .unwrap();
     assert_eq!(alive["status"], "reopened");
-    let result = call(
+    let result = rpc_rows(
         &mut api,
         "service_role",
         None,
@@ -1366,7 +1233,7 @@ fn user_of(u: usize) -> String {
 
 /// Makes the table reflect every call made so far, before it is compared with the model.
 fn settle(client: &mut Client) {
-    common::settle(client);
+    harness::settle(client);
 }
 
 /// Compares the whole table with the model.
@@ -1570,7 +1437,7 @@ fn random_calls_match_the_model() {
         *counts.entry(kind).or_default() += 1;
         match kind {
             "enter" | "heartbeat" | "leave" => {
-                let r = call_one(&mut api, role, claims, function, &args)
+                let r = rpc_json(&mut api, role, claims, function, &args)
                     .unwrap_or_else(|e| panic!("{}: {e}", ctx(function)));
                 assert_eq!(r["webinar_id"], json!(webinar), "{}", ctx(function));
                 assert_eq!(r["session_id"], json!(session), "{}", ctx(function));
@@ -1632,7 +1499,7 @@ fn random_calls_match_the_model() {
                         json!(keys.iter().map(|k| user_of(k.1)).collect::<Vec<_>>()),
                     ),
                 ];
-                let r = call(
+                let r = rpc_rows(
                     &mut api,
                     "service_role",
                     Some(r#"{"role":"service_role"}"#),
@@ -1668,7 +1535,7 @@ fn random_calls_match_the_model() {
             "sweep" => {
                 let stale_s = *rng.pick(&STALE_S);
                 let expected = model.sweep(Some(stale_s));
-                let r = call(
+                let r = rpc_rows(
                     &mut api,
                     "service_role",
                     None,
@@ -1688,7 +1555,7 @@ fn random_calls_match_the_model() {
                 // every active session, aged or not.
                 std::thread::sleep(Duration::from_millis(20));
                 let expected = model.sweep(None);
-                let r = call(
+                let r = rpc_rows(
                     &mut api,
                     "service_role",
                     None,
@@ -1812,7 +1679,7 @@ fn random_calls_match_the_model() {
                             "22023",
                         ),
                     };
-                match call(&mut api, role, claims, function, &args) {
+                match rpc_rows(&mut api, role, claims, function, &args) {
                     Ok(v) => panic!("{}: {function} succeeded: {v}", ctx("hostile")),
                     Err(e) => assert_eq!(e.code().code(), code, "{}: {e}", ctx("hostile")),
                 }

@@ -1,9 +1,7 @@
 //! Installing, removing and backing up: a plain Postgres without Supabase's roles, and
 //! pg_dump / pg_restore of a database with sessions.
 
-mod common;
-
-use common::*;
+use harness::*;
 use postgres::Client;
 use std::process::Command;
 

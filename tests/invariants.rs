@@ -18,9 +18,7 @@
 //!
 //! Each runs in both heartbeat modes, without and with a crash in the middle.
 
-mod common;
-
-use common::*;
+use harness::*;
 use postgres::{Client, NoTls};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -30,8 +28,8 @@ use std::time::{Duration, Instant};
 const CLIENTS: usize = 16;
 const KEYS: u64 = 20;
 
-/// One answer, with what the test needs to check it (times in microseconds since 2000-01-01,
-/// PostgreSQL's epoch, as the server computed them).
+/// One answer, with what the test needs to check it (times in microseconds since 1970, as the
+/// server computed them).
 #[derive(Clone, Debug)]
 struct Answer {
     call: &'static str,
@@ -69,48 +67,21 @@ fn key_session(key: u64) -> String {
     format!("tab-{}", key / 10)
 }
 
-const US: &str = "(extract(epoch FROM {} - timestamptz '2000-01-01 00:00:00+00') * 1000000)::int8";
-
-fn micros_of(column: &str) -> String {
-    US.replace("{}", column)
-}
-
-/// One PostgREST-shaped request: a transaction, `SET LOCAL ROLE authenticated`, the JWT
-/// claims transaction-locally, `SELECT ... FROM public.<fn>(webinar_id => .., session_id => ..)`.
-/// What a call answered: status, row id, last_heartbeat_at, entered_at, exited_at.
-type Reply = (
-    String,
-    Option<String>,
-    Option<i64>,
-    Option<i64>,
-    Option<i64>,
-);
-
+/// One PostgREST-shaped request (`harness::try_rpc`); the session it answered with.
 fn call(
     client: &mut Client,
     function: &str,
     webinar: &str,
     key: u64,
-) -> Result<Reply, postgres::Error> {
-    let mut tx = client.transaction()?;
-    tx.batch_execute("SET LOCAL ROLE authenticated")?;
-    tx.execute(
-        "SELECT set_config('request.jwt.claims', $1, true)",
-        &[&claims_for(&key_user(key))],
+) -> Result<SessionStatus, postgres::Error> {
+    let reply = try_rpc(
+        client,
+        "authenticated",
+        Some(&claims_for(&key_user(key))),
+        &format!("public.{function}"),
+        &[("webinar_id", webinar), ("session_id", &key_session(key))],
     )?;
-    let row = tx.query_one(
-        &format!(
-            "SELECT r.status, r.id::text, {}, {}, {}
-               FROM public.{function}(webinar_id => $1::text::uuid, session_id => $2::text) AS r",
-            micros_of("r.last_heartbeat_at"),
-            micros_of("r.entered_at"),
-            micros_of("r.exited_at")
-        ),
-        &[&webinar, &key_session(key)],
-    )?;
-    let answer = (row.get(0), row.get(1), row.get(2), row.get(3), row.get(4));
-    tx.commit()?;
-    Ok(answer)
+    Ok(SessionStatus::from_json(&reply))
 }
 
 struct Run {
@@ -165,19 +136,19 @@ fn run_load(
                 };
                 let asked = Instant::now();
                 match call(api, function, &webinar, key) {
-                    Ok((status, id, heartbeat, entered, exited)) => {
-                        let at = if status == "entered" {
-                            entered
+                    Ok(reply) => {
+                        let at = if reply.status == "entered" {
+                            reply.entered_at
                         } else {
-                            heartbeat
+                            reply.last_heartbeat_at
                         };
                         mine.push(Answer {
                             call: function,
                             key,
-                            status,
-                            id,
+                            status: reply.status,
+                            id: reply.id,
                             at,
-                            exited_at: exited,
+                            exited_at: reply.exited_at,
                             asked,
                             answered: Instant::now(),
                             before_crash: false, // set below, once the restart is known
@@ -269,9 +240,9 @@ fn table(admin: &mut Client) -> HashMap<String, Row> {
         .query(
             &format!(
                 "SELECT id::text, {}, {}, {}, exit_reason FROM webinar_sessions.webinar_user_sessions",
-                micros_of("entered_at"),
-                micros_of("last_heartbeat_at"),
-                micros_of("exited_at")
+                micros_sql("entered_at"),
+                micros_sql("last_heartbeat_at"),
+                micros_sql("exited_at")
             ),
             &[],
         )

@@ -3,9 +3,7 @@
 //! while it waits on a lock, the grace period after a crash restart, and a buffered
 //! heartbeat's transaction (rollback, PREPARE, READ ONLY).
 
-mod common;
-
-use common::*;
+use harness::*;
 use postgres::Client;
 use std::time::{Duration, Instant};
 
@@ -54,16 +52,6 @@ fn buffered_heartbeat(api: &mut Client, viewer: &str, webinar: &str) -> serde_js
     call(api, "public.enter_webinar", viewer, webinar);
     std::thread::sleep(Duration::from_millis(5));
     call(api, "public.heartbeat", viewer, webinar)
-}
-
-fn worker_pid(admin: &mut Client) -> Option<i32> {
-    admin
-        .query_opt(
-            "SELECT pid FROM pg_stat_activity WHERE backend_type = 'webinar_sessions sweeper'",
-            &[],
-        )
-        .unwrap()
-        .map(|r| r.get(0))
 }
 
 /// 0.2.0 bug 3: the worker waited for each other database's flush in turn, so a lock held in

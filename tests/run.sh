@@ -9,14 +9,13 @@ cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:/usr/lib/postgresql/15/bin:$PATH"
 
 # PostgreSQL refuses to run as root: the servers then run as an unprivileged account.
-runas=() as_owner=()
+source tests/harness/os_user.sh
+runas=()
 scratch=$(mktemp -d /tmp/webinar_sessions-tests.XXXXXX)
 trap 'rm -rf "$scratch"' EXIT
-if [ "$(id -u)" -eq 0 ]; then
-    export WEBINAR_SESSIONS_TEST_OS_USER=${WEBINAR_SESSIONS_TEST_OS_USER:-postgres}
-    chown "$WEBINAR_SESSIONS_TEST_OS_USER" "$scratch"
-    runas=(--runas "$WEBINAR_SESSIONS_TEST_OS_USER")
-    as_owner=(runuser -u "$WEBINAR_SESSIONS_TEST_OS_USER" --)
+if [ -n "$os_user" ]; then
+    chown "$os_user" "$scratch"
+    runas=(--runas "$os_user")
 fi
 
 # The integration tests load the extension from this machine's PostgreSQL: install the build
@@ -60,7 +59,7 @@ if [ $# -eq 0 ]; then
         >"$scratch/isolation.conf"
     # The tester runs as the servers' account, which may not read this checkout: give it a copy.
     cp -r tests/isolation "$scratch/isolation-input"
-    [ ${#as_owner[@]} -eq 0 ] || chown -R "$WEBINAR_SESSIONS_TEST_OS_USER" "$scratch"
+    [ ${#as_owner[@]} -eq 0 ] || chown -R "$os_user" "$scratch"
     "${as_owner[@]}" /usr/lib/postgresql/15/lib/pgxs/src/test/isolation/pg_isolation_regress \
         --temp-instance="$scratch/isolation-instance" --temp-config="$scratch/isolation.conf" \
         --port=$((30000 + RANDOM % 20000)) --bindir=/usr/lib/postgresql/15/bin \

@@ -15,9 +15,8 @@ pgbin=/usr/lib/postgresql/15/bin
 cache=${WEBINAR_SESSIONS_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/webinar_sessions}
 cli_dir=$cache/supabase-cli-$cli_version
 cli=$cli_dir/node_modules/.bin/supabase
-os_user=${WEBINAR_SESSIONS_TEST_OS_USER:-postgres}
-
-if [ "$(id -u)" -eq 0 ]; then sudo=() as_owner=(runuser -u "$os_user" --); else sudo=(sudo) as_owner=(); fi
+source tests/harness/os_user.sh
+sudo=(); [ -n "$os_user" ] || sudo=(sudo)
 
 [ -x "$pgbin/initdb" ] || { echo "splinter: PostgreSQL 15 is not installed (.ci/setup.sh)" >&2; exit 1; }
 [ -f /usr/share/postgresql/15/extension/webinar_sessions.control ] ||

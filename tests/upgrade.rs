@@ -4,9 +4,7 @@
 //! install. Add each release to `EARLIER_RELEASES` when the next one begins (and its frozen
 //! install script to tests/fixtures/, which tests/run.sh installs).
 
-mod common;
-
-use common::*;
+use harness::*;
 use postgres::Client;
 
 /// Releases an installation may be updated from; tests/run.sh installs their scripts.

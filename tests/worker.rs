@@ -2,9 +2,7 @@
 //! waits for its database and the extension, follows reloaded settings, and comes back
 //! after it is killed.
 
-mod common;
-
-use common::*;
+use harness::*;
 use postgres::Client;
 use std::time::{Duration, Instant};
 
@@ -16,16 +14,6 @@ fn worker_runs(client: &mut Client) -> i64 {
         )
         .unwrap()
         .get(0)
-}
-
-const WORKER_PID: &str =
-    "SELECT pid FROM pg_stat_activity WHERE backend_type = 'webinar_sessions sweeper'";
-
-fn worker_pid(client: &mut Client) -> Option<i32> {
-    client
-        .query_opt(WORKER_PID, &[])
-        .unwrap()
-        .map(|row| row.get(0))
 }
 
 #[test]

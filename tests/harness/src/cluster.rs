@@ -1,13 +1,7 @@
-//! A real PostgreSQL cluster for the integration tests, and a client that calls the API the
-//! way PostgREST does.
-//!
-//! Each cluster is initdb'd into a fresh folder, runs the installed `webinar_sessions`
-//! library (`cargo pgrx test` or `cargo pgrx install` puts it there), listens on a free
-//! loopback port, and is stopped and removed when dropped. PostgreSQL refuses to run as
-//! root: when the tests run as root, the server runs as `$WEBINAR_SESSIONS_TEST_OS_USER`
-//! (default `postgres`, the account Debian's server package creates).
-
-#![allow(dead_code)] // each test binary uses its own part of this module
+//! A real PostgreSQL cluster: initdb'd into a fresh folder, running the installed
+//! `webinar_sessions` library (`cargo pgrx test` or `cargo pgrx install` puts it there),
+//! listening on a free loopback port, stopped and removed when dropped (kept, with its log,
+//! when the test failed). Server programs run as [`os_user`] when we are root.
 
 use postgres::{Client, NoTls};
 use std::path::{Path, PathBuf};
@@ -17,7 +11,7 @@ use std::time::{Duration, Instant};
 pub const SUPERUSER: &str = "postgres";
 
 /// Supabase's roles (see the file for what each is for).
-pub const SUPABASE_ROLES: &str = include_str!("../supabase_roles.sql");
+pub const SUPABASE_ROLES: &str = include_str!("../../supabase_roles.sql");
 
 pub struct Cluster {
     pub port: u16,
@@ -33,7 +27,10 @@ fn bindir() -> PathBuf {
     PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
 }
 
-fn os_user() -> Option<String> {
+/// The account PostgreSQL's programs run as: `$WEBINAR_SESSIONS_TEST_OS_USER` (default
+/// `postgres`) when we are root, else None (ourselves). `os_user.sh` is the same rule for the
+/// shell scripts.
+pub fn os_user() -> Option<String> {
     let uid = unsafe { libc_geteuid() };
     (uid == 0).then(|| {
         std::env::var("WEBINAR_SESSIONS_TEST_OS_USER").unwrap_or_else(|_| "postgres".into())
@@ -269,127 +266,6 @@ pub fn eventually(timeout: Duration, mut condition: impl FnMut() -> bool) -> boo
     }
 }
 
-/// A deterministic uuid for test data: `n` in the last group.
-pub fn uuid(n: u64) -> String {
-    format!("00000000-0000-4000-8000-{n:012x}")
-}
-
-/// JWT claims as Supabase's auth server puts them into a token for a signed-in user.
-pub fn claims_for(user: &str) -> String {
-    format!(r#"{{"sub":"{user}","role":"authenticated","aud":"authenticated"}}"#)
-}
-
-/// One PostgREST request: a transaction that switches to `role`, sets the claims
-/// transaction-locally, and calls `public.<function>` with named arguments. Returns the
-/// result row as the JSON object supabase-js receives, or the database error.
-pub fn rpc(
-    client: &mut Client,
-    role: &str,
-    claims: Option<&str>,
-    function: &str,
-    args: &[(&str, &str)],
-) -> Result<serde_json::Value, Box<postgres::error::DbError>> {
-    let mut tx = client.transaction().expect("begin");
-    let outcome = (|| {
-        tx.batch_execute(&format!("SET LOCAL ROLE {role}"))?;
-        if let Some(claims) = claims {
-            tx.execute(
-                "SELECT set_config('request.jwt.claims', $1, true)",
-                &[&claims],
-            )?;
-        }
-        let named: Vec<String> = args
-            .iter()
-            .enumerate()
-            .map(|(i, (name, _))| format!("{name} => ${}", i + 1))
-            .collect();
-        let values: Vec<&(dyn postgres::types::ToSql + Sync)> = args
-            .iter()
-            .map(|(_, v)| v as &(dyn postgres::types::ToSql + Sync))
-            .collect();
-        // Arguments travel as text, the way PostgREST sends JSON values, and are cast by the
-        // function's parameter types.
-        let sql = format!(
-            "SELECT to_jsonb(r)::text FROM {function}({}) AS r",
-            named
-                .iter()
-                .zip(args)
-                .map(|(n, (name, _))| format!("{n}::text::{}", arg_type(name)))
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
-        let row = tx.query_one(&sql, &values)?;
-        Ok::<_, postgres::Error>(row.get::<_, String>(0))
-    })();
-    // A commit can fail too (a buffered heartbeat overtaken by a sweep: 40001); PostgREST
-    // then answers with the error.
-    let outcome = match outcome {
-        Ok(json) => tx.commit().map(|()| json),
-        Err(e) => {
-            let _ = tx.rollback();
-            Err(e)
-        }
-    };
-    match outcome {
-        Ok(json) => Ok(serde_json::from_str(&json).unwrap()),
-        Err(e) => {
-            let error = e.as_db_error().cloned();
-            Err(Box::new(
-                error.unwrap_or_else(|| panic!("not a database error: {e}")),
-            ))
-        }
-    }
-}
-
-fn arg_type(name: &str) -> &'static str {
-    match name {
-        "webinar_id" | "user_id" => "uuid",
-        "stale_after" => "interval",
-        "webinar_ids" | "user_ids" => "uuid[]",
-        "session_ids" => "text[]",
-        _ => "text",
-    }
-}
-
-/// Writes buffered heartbeats to the table (a no-op in direct mode), so that what a test reads
-/// from the table is what the API answered.
-pub fn settle(client: &mut Client) {
-    client
-        .execute("SELECT webinar_sessions.flush_heartbeats()", &[])
-        .expect("flush_heartbeats");
-}
-
-/// A session silent for 30 minutes, which any sweep closes (tests of the worker).
-pub const STALE_ROW: &str = "INSERT INTO webinar_sessions.webinar_user_sessions
-        (webinar_id, user_id, session_id, entered_at, last_heartbeat_at)
-    VALUES ('00000000-0000-4000-8000-000000000064', '00000000-0000-4000-8000-000000000001',
-            'stale', now() - interval '1 hour', now() - interval '30 min')";
-
-/// Whether the row that `STALE_ROW` inserted has been swept.
-pub fn stale_row_swept(client: &mut Client) -> bool {
-    client
-        .query_one(
-            "SELECT coalesce(bool_and(exit_reason = 'swept'), false)
-               FROM webinar_sessions.webinar_user_sessions WHERE session_id = 'stale'",
-            &[],
-        )
-        .unwrap()
-        .get(0)
-}
-
-/// The full contents of the session table, in a stable order: to show that a failed call
-/// wrote nothing.
-pub fn table_fingerprint(client: &mut Client) -> String {
-    client
-        .query_one(
-            "SELECT coalesce(md5(string_agg(s::text, '|' ORDER BY s.id)), 'empty')
-               FROM webinar_sessions.webinar_user_sessions AS s",
-            &[],
-        )
-        .unwrap()
-        .get(0)
-}
-
 static SHARED: std::sync::OnceLock<Cluster> = std::sync::OnceLock::new();
 
 extern "C" {
@@ -479,42 +355,6 @@ impl Cluster {
     pub fn promote(&self) {
         self.pg_ctl(&["promote", "-w", "-t", "60"]);
     }
-}
-
-/// `rpc` for a server that may go away mid-call: every failure comes back as an error (the
-/// connection's, or the database's) instead of a panic, so that the caller can tell an
-/// acknowledged call (`Ok`: committed, and the client heard so) from one whose fate it does
-/// not know.
-pub fn try_rpc(
-    client: &mut Client,
-    role: &str,
-    claims: Option<&str>,
-    function: &str,
-    args: &[(&str, &str)],
-) -> Result<serde_json::Value, postgres::Error> {
-    let mut tx = client.transaction()?;
-    tx.batch_execute(&format!("SET LOCAL ROLE {role}"))?;
-    if let Some(claims) = claims {
-        tx.execute(
-            "SELECT set_config('request.jwt.claims', $1, true)",
-            &[&claims],
-        )?;
-    }
-    let values: Vec<&(dyn postgres::types::ToSql + Sync)> = args
-        .iter()
-        .map(|(_, v)| v as &(dyn postgres::types::ToSql + Sync))
-        .collect();
-    let sql = format!(
-        "SELECT to_jsonb(r)::text FROM {function}({}) AS r",
-        args.iter()
-            .enumerate()
-            .map(|(i, (name, _))| format!("{name} => ${}::text::{}", i + 1, arg_type(name)))
-            .collect::<Vec<_>>()
-            .join(", ")
-    );
-    let json: String = tx.query_one(&sql, &values)?.get(0);
-    tx.commit()?;
-    Ok(serde_json::from_str(&json).unwrap())
 }
 
 impl Cluster {
