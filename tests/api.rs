@@ -13,6 +13,16 @@ fn database(name: &str) -> (Client, Client) {
     (admin, api)
 }
 
+fn active_sessions(admin: &mut Client) -> i64 {
+    admin
+        .query_one(
+            "SELECT count(*) FROM webinar_sessions.webinar_user_sessions WHERE exited_at IS NULL",
+            &[],
+        )
+        .unwrap()
+        .get(0)
+}
+
 fn key(webinar: &str, session: &str) -> Vec<(&'static str, String)> {
     vec![
         ("webinar_id", webinar.to_string()),
@@ -221,13 +231,7 @@ fn service_role_acts_for_any_user_and_runs_the_backend_functions() {
     assert_eq!(runs, 1);
     tx.commit().unwrap();
 
-    let active: i64 = admin
-        .query_one(
-            "SELECT count(*) FROM webinar_sessions.webinar_user_sessions WHERE exited_at IS NULL",
-            &[],
-        )
-        .unwrap()
-        .get(0);
+    let active = active_sessions(&mut admin);
     assert_eq!(active, 2);
 }
 
@@ -439,13 +443,7 @@ fn a_sweep_behind_a_heartbeat_spares_the_session() {
     wait_until_blocked(&mut admin, "heartbeat_first");
     tx.commit().unwrap();
     assert_eq!(sweep.join().unwrap(), 0);
-    let active: i64 = admin
-        .query_one(
-            "SELECT count(*) FROM webinar_sessions.webinar_user_sessions WHERE exited_at IS NULL",
-            &[],
-        )
-        .unwrap()
-        .get(0);
+    let active = active_sessions(&mut admin);
     assert_eq!(active, 1);
 }
 
