@@ -428,6 +428,18 @@ fn check(mode: &str, crash: bool) {
         swept > 0,
         "the sweeper closed nothing: the load is too thin"
     );
+    if mode == "buffered" {
+        // The buffer must really have answered: else this would test direct mode twice.
+        let buffered: i64 = admin
+            .query_one(
+                "SELECT buffered_heartbeats FROM webinar_sessions.buffer_stats",
+                &[],
+            )
+            .unwrap()
+            .get(0);
+        println!("answered from the buffer (since the last start): {buffered}");
+        assert!(buffered > 0, "no heartbeat was answered from the buffer");
+    }
     assert!(
         found.is_empty(),
         "{} violations, the first ones:\n{}",

@@ -609,3 +609,97 @@ fn a_session_is_not_answered_from_the_buffer_before_its_opening_commit_is_visibl
         "the committed session is answered from the buffer"
     );
 }
+
+/// A transaction can still fail after its PRE_COMMIT callbacks have run: a serializable one
+/// in its commit-time check. One that had resumed a session (its entry already held another
+/// transaction's acknowledged, not yet written heartbeat) used to take the entry with it when
+/// it failed, so the heartbeat was never written and the session was later swept at a time
+/// before the one its client was told. Now an entry that existed before is left as it was.
+#[test]
+fn a_transaction_failing_at_commit_keeps_the_heartbeats_of_others() {
+    let (cluster, mut admin) = buffered(
+        "races-ssi",
+        "main_db",
+        &[
+            "webinar_sessions.flush_interval = '1h'",
+            "webinar_sessions.sweeper_enabled = off",
+        ],
+    );
+    let (webinar, viewer) = (uuid(40), uuid(4));
+    admin
+        .batch_execute("CREATE TABLE public.skew (k int)")
+        .unwrap();
+    let session = |client: &mut Client, function: &str| -> (String, Option<String>) {
+        let row = client
+            .query_one(
+                &format!(
+                    "SELECT r.status, to_jsonb(r.last_heartbeat_at) #>> '{{}}'
+                       FROM webinar_sessions.{function}($1::text::uuid, 'victim', $2::text::uuid) AS r"
+                ),
+                &[&webinar, &viewer],
+            )
+            .unwrap();
+        (row.get(0), row.get(1))
+    };
+    assert_eq!(session(&mut admin, "enter").0, "entered");
+    let buffered_before: i64 = admin
+        .query_one(
+            "SELECT buffered_heartbeats FROM webinar_sessions.buffer_stats",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    let (status, told) = session(&mut admin, "heartbeat");
+    assert_eq!(status, "alive");
+    let buffered_after: i64 = admin
+        .query_one(
+            "SELECT buffered_heartbeats FROM webinar_sessions.buffer_stats",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        buffered_after,
+        buffered_before + 1,
+        "the heartbeat was answered from the buffer"
+    );
+    // Write skew between two serializable transactions; the second also resumes the session,
+    // and its commit fails after PRE_COMMIT.
+    let (mut a1, mut a2) = (cluster.connect("main_db"), cluster.connect("main_db"));
+    a1.batch_execute(
+        "BEGIN ISOLATION LEVEL SERIALIZABLE; SELECT count(*) FROM public.skew WHERE k = 1",
+    )
+    .unwrap();
+    a2.batch_execute(
+        "BEGIN ISOLATION LEVEL SERIALIZABLE; SELECT count(*) FROM public.skew WHERE k = 2",
+    )
+    .unwrap();
+    a1.batch_execute("INSERT INTO public.skew VALUES (2)")
+        .unwrap();
+    a2.batch_execute("INSERT INTO public.skew VALUES (1)")
+        .unwrap();
+    assert_eq!(session(&mut a2, "enter").0, "resumed");
+    a1.batch_execute("COMMIT").unwrap();
+    let failed = a2
+        .batch_execute("COMMIT")
+        .expect_err("write skew must fail at commit");
+    assert_eq!(
+        failed.as_db_error().map(|e| e.code().code()),
+        Some("40001"),
+        "{failed}"
+    );
+    // The acknowledged heartbeat is still owed to the row, and written by the next flush.
+    settle(&mut admin);
+    let stored: Option<String> = admin
+        .query_one(
+            "SELECT to_jsonb(last_heartbeat_at) #>> '{}' FROM webinar_sessions.webinar_user_sessions
+              WHERE session_id = 'victim' AND exited_at IS NULL",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        stored, told,
+        "the heartbeat the client was told is in the row"
+    );
+}

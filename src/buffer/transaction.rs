@@ -45,8 +45,11 @@ pub(crate) struct Pending {
     /// The table was truncated (in these subtransactions): every entry of this database goes
     /// at commit.
     pub(crate) forget_all: Vec<pg_sys::SubTransactionId>,
-    /// Entries this transaction created at PRE_COMMIT, removed again if it aborts after all.
-    pub(crate) tracked: Vec<(Key, [u8; 16])>,
+    /// Entries this transaction added at PRE_COMMIT: (key, row, None) for one it created,
+    /// removed again if it aborts after all; (key, row, Some(alive at)) for a committed entry
+    /// of the same row, whose times it moves only at COMMIT, when its row update is visible
+    /// (an abort then leaves the entry as the other transactions made it).
+    pub(crate) tracked: Vec<(Key, [u8; 16], Option<i64>)>,
     /// The transaction called the API (any mode): it cannot be prepared.
     pub(crate) used: bool,
     /// Leaves of this transaction counted in `Shared::unmarked_closings`.
@@ -122,9 +125,14 @@ unsafe extern "C-unwind" fn at_transaction_end(
     let Some(shared) = shared() else { return };
     let mut locked = lock_exclusive(shared);
     if commit {
-        // The rows this transaction found or opened are visible now: serve their entries.
-        for (key, row_id) in &pending.tracked {
+        // The rows this transaction found or opened are visible now: serve their entries,
+        // with the time this transaction wrote into the row.
+        for (key, row_id, refreshed) in &pending.tracked {
             if let Some(entry) = locked.find(key).filter(|e| e.row_id == *row_id) {
+                if let Some(alive_at) = *refreshed {
+                    entry.alive_at.fetch_max(alive_at, Ordering::AcqRel);
+                    entry.flushed_at = entry.flushed_at.max(alive_at);
+                }
                 entry.committed = true;
             }
         }
@@ -133,11 +141,14 @@ unsafe extern "C-unwind" fn at_transaction_end(
         for (_, key) in &pending.closing {
             leave_ended(&mut locked, key, false);
         }
-        // Failed after PRE_COMMIT: the rows it found or opened may not be what it saw.
-        for (key, row_id) in &pending.tracked {
-            if locked
-                .find(key)
-                .is_some_and(|e| e.row_id == *row_id && e.closers == 0)
+        // Failed after PRE_COMMIT (a serializable transaction's commit-time check can): the
+        // entries it created name rows that will never exist. An entry it only refreshed is
+        // left alone: it holds other transactions' heartbeats, which are owed to the row.
+        for (key, row_id, refreshed) in &pending.tracked {
+            if refreshed.is_none()
+                && locked
+                    .find(key)
+                    .is_some_and(|e| e.row_id == *row_id && !e.committed && e.closers == 0)
             {
                 locked.remove(key);
             }
@@ -153,7 +164,9 @@ unsafe extern "C-unwind" fn at_transaction_end(
 }
 
 /// At PRE_COMMIT: the heartbeats this transaction answered from the buffer go into their
-/// entries, all or none. None can while a sweep that began after them is still open (it
+/// entries, all or none. (A commit can still fail after this, in SERIALIZABLE's commit-time
+/// check: the heartbeat then stays recorded; undoing it could take back a time another
+/// transaction has been answered with meanwhile.) None can while a sweep that began after them is still open (it
 /// collected the buffer without them and may be closing the row at an older time), or when a
 /// leave or sweep has taken the entry since: then the transaction fails, and the client, told
 /// nothing, retries (and goes direct). A sweep that began and committed in between has
@@ -341,40 +354,46 @@ fn track_opened() {
     let mut locked = lock_exclusive(shared);
     let mut tracked = Vec::new();
     for (_, row) in &opened {
-        if track(&mut locked, row) {
-            tracked.push((row.key, row.row_id));
+        match track(&mut locked, row) {
+            Tracked::Created => tracked.push((row.key, row.row_id, None)),
+            Tracked::Refresh => tracked.push((row.key, row.row_id, Some(row.alive_at))),
+            Tracked::Not => {}
         }
     }
     drop(locked);
     PENDING.with(|p| p.borrow_mut().tracked.extend(tracked));
 }
 
-/// Adds or refreshes the entry for a row known to be active.
-fn track(locked: &mut ExclusiveGuard, row: &Opened) -> bool {
+enum Tracked {
+    /// A new entry (or one reset to this row), served once this transaction commits.
+    Created,
+    /// The entry names this row already: its times move at COMMIT.
+    Refresh,
+    Not,
+}
+
+/// Adds the entry for a row known to be active, or finds it there already.
+fn track(locked: &mut ExclusiveGuard, row: &Opened) -> Tracked {
     let shared = locked.shared();
     if shared.unmarked_closings.load(Ordering::Acquire) > 0 {
-        return false;
+        return Tracked::Not;
     }
     match locked.slot(&row.key, true) {
         // Full: this session's heartbeats stay direct (and are counted) until there is room.
         None => {
             shared.fallbacks.fetch_add(1, Ordering::Relaxed);
-            false
+            Tracked::Not
         }
-        Some(Slot::Occupied(entry)) if entry.closers != 0 => false,
-        Some(Slot::Occupied(entry)) if entry.row_id == row.row_id => {
-            entry.alive_at.fetch_max(row.alive_at, Ordering::AcqRel);
-            entry.flushed_at = entry.flushed_at.max(row.alive_at);
-            true
-        }
+        Some(Slot::Occupied(entry)) if entry.closers != 0 => Tracked::Not,
+        Some(Slot::Occupied(entry)) if entry.row_id == row.row_id => Tracked::Refresh,
         // One that still named an older row of the same key.
         Some(Slot::Occupied(entry)) => {
             entry.reset(row.row_id, row.entered_at, row.alive_at);
-            true
+            Tracked::Created
         }
         Some(Slot::Vacant(slot)) => {
             slot.fill(row.key, row.row_id, row.entered_at, row.alive_at, 0);
-            true
+            Tracked::Created
         }
     }
 }
