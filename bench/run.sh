@@ -204,6 +204,26 @@ q -c "EXPLAIN (ANALYZE, BUFFERS) SELECT * FROM webinar_sessions.watch_time WHERE
     >"$out/watch-time-plan.txt"
 echo "  statistics: watch_time ${watch_time_ms} ms, webinar_stats over $stats_rows rows ${webinar_stats_ms} ms"
 
+# 6. live_viewers, polled by every viewer of a 50,000-viewer webinar (a GET: READ ONLY), from
+# the worker's count (refreshed here as the worker does after a flush).
+live_audience=$((smoke ? 2000 : 50000))
+q -c "TRUNCATE webinar_sessions.webinar_user_sessions" >/dev/null
+q -c "INSERT INTO webinar_sessions.webinar_user_sessions (webinar_id, user_id, session_id, entered_at, last_heartbeat_at)
+      SELECT bench.webinar_of(0), bench.user_of(n * 10), 'tab', now() - interval '10 minutes', now()
+        FROM generate_series(1, $live_audience) AS n" \
+  -c "VACUUM ANALYZE webinar_sessions.webinar_user_sessions" >/dev/null
+start=$(now)
+q -c "SELECT webinar_sessions._refresh_live_counts()" >/dev/null
+refresh_s=$(since "$start")
+live_counted=$(q -c "SELECT viewers FROM webinar_sessions.live_counts WHERE webinar_id = bench.webinar_of(0)")
+bench "$out/live-viewers.txt" -M prepared -c "$clients" -j 2 -T "$seconds" -U authenticator -f bench/sql/live_viewers.sql
+live_ms=$(awk '/^latency average/ { print $4; exit }' "$out/live-viewers.txt")
+live_per_s=$(awk '/^tps = / { printf "%.0f", $3; exit }' "$out/live-viewers.txt")
+start=$(now)
+q -c "SELECT count(DISTINCT user_id) FROM webinar_sessions.active_audience WHERE webinar_id = bench.webinar_of(0)" >/dev/null
+direct_count_s=$(since "$start")
+echo "  live_viewers: $live_per_s calls/s, $live_ms ms each ($clients clients, $live_counted viewers); the refresh ${refresh_s}s, a count without it ${direct_count_s}s"
+
 # The summary.
 {
     echo "# webinar_sessions benchmark, $(date -u '+%Y-%m-%d %H:%M UTC')"
@@ -267,6 +287,14 @@ echo "  statistics: watch_time ${watch_time_ms} ms, webinar_stats over $stats_ro
     echo "|---|---:|"
     echo "| \`watch_time\` for one viewer (pgbench, 1 client, average) | $watch_time_ms ms |"
     echo "| \`webinar_stats\` for the webinar (median of 3) | $webinar_stats_ms ms |"
+    echo
+    echo "## live_viewers, one webinar of $live_audience viewers"
+    echo
+    echo "| what | figure |"
+    echo "|---|---:|"
+    echo "| \`public.live_viewers\` as a GET request ($clients clients), average latency | $live_ms ms ($live_per_s calls/s) |"
+    echo "| the worker's refresh of every live count (\`_refresh_live_counts\`) | $refresh_s s |"
+    echo "| counting the webinar's viewers directly instead | $direct_count_s s |"
     echo
     echo "## Capacity of this machine"
     echo

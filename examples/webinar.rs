@@ -12,7 +12,7 @@
 //! Run it with `examples/webinar.sh` (which builds and installs the extension first);
 //! `--help` lists the flags.
 
-use harness::{claims_for, rpc, Cluster};
+use harness::{claims_for, request_csv, rpc, Cluster};
 use postgres::Client;
 use serde_json::Value;
 use std::collections::{BTreeMap, BinaryHeap};
@@ -291,6 +291,13 @@ fn main() {
     let settings: Vec<&str> = settings.iter().map(String::as_str).collect();
     let cluster = Cluster::start("webinar-demo", &settings);
     let mut admin = cluster.supabase_database(DATABASE);
+    admin
+        .execute(
+            "INSERT INTO webinar_sessions.webinar_hosts (webinar_id, user_id, role)
+             VALUES ($1::text::uuid, $2::text::uuid, 'host')",
+            &[&WEBINAR_ID, &HOST_ID],
+        )
+        .unwrap();
 
     let tabs = plan(&args);
     println!(
@@ -371,10 +378,18 @@ fn main() {
     std::fs::write(args.out.join("report.txt"), &report).unwrap();
     let chart = args.out.join("concurrency.svg");
     std::fs::write(&chart, concurrency_svg(&mut admin)).unwrap();
+    // The host's view: the attendee report as CSV, fetched the way supabase-js does with
+    // rpc('webinar_report', { webinar_id }, { get: true }).csv().
+    let attendees = args.out.join("attendees.csv");
+    match attendees_csv(&cluster) {
+        Ok(csv) => std::fs::write(&attendees, csv).unwrap(),
+        Err(e) => problems.push(format!("the host could not fetch the attendee report: {e}")),
+    }
     println!(
-        "Report: {}\nChart:  {}",
+        "Report: {}\nChart:  {}\nAttendees (as the host downloads them): {}",
         args.out.join("report.txt").display(),
-        chart.display()
+        chart.display(),
+        attendees.display()
     );
 
     if problems.is_empty() {
@@ -496,16 +511,14 @@ fn report(admin: &mut Client, args: &Args, started_at: &str, ended_at: &str) -> 
             &[],
         )
         .unwrap();
-    let buffer: String = admin
+    let buffer = admin
         .query_one(
-            "SELECT format('%s / %s / %s', mode, buffered_heartbeats, flushes)
-               FROM webinar_sessions.buffer_stats",
+            "SELECT mode, buffered_heartbeats, flushes FROM webinar_sessions.buffer_stats",
             &[],
         )
-        .unwrap()
-        .get(0);
+        .unwrap();
     let _ = writeln!(out, "ATTENDANCE REPORT, webinar {WEBINAR_ID}\n");
-    let fields: [(&str, String); 11] = [
+    let fields: [(&str, String); 13] = [
         ("viewers (distinct)", stats.get::<_, i64>(0).to_string()),
         (
             "sessions (tabs, devices, rejoins)",
@@ -540,7 +553,15 @@ fn report(admin: &mut Client, args: &Args, started_at: &str, ended_at: &str) -> 
                 runs.get::<_, i64>(2)
             ),
         ),
-        ("heartbeats: mode / from the buffer / flushes", buffer),
+        ("heartbeat mode", buffer.get(0)),
+        (
+            "heartbeats answered from the buffer",
+            buffer.get::<_, i64>(1).to_string(),
+        ),
+        (
+            "buffer flushes by the worker",
+            buffer.get::<_, i64>(2).to_string(),
+        ),
     ];
     for (name, value) in fields {
         let _ = writeln!(out, "  {name:<40} {value}");
@@ -633,8 +654,36 @@ fn report(admin: &mut Client, args: &Args, started_at: &str, ended_at: &str) -> 
     out
 }
 
-/// A line chart of distinct viewers per second.
+/// The webinar's host, in webinar_hosts from the start (their own sessions would stay out of the
+/// audience figures).
+const HOST_ID: &str = "7e57ab1e-0000-4000-8000-0000000000ff";
+
+fn attendees_csv(cluster: &Cluster) -> Result<String, postgres::Error> {
+    let mut api = cluster.connect_as(DATABASE, "authenticator");
+    request_csv(
+        &mut api,
+        "authenticated",
+        Some(&claims_for(HOST_ID)),
+        "public.webinar_report",
+        &[("webinar_id", serde_json::json!(WEBINAR_ID))],
+    )
+}
+
+/// A line chart of distinct viewers per second. The peak it marks is the report's
+/// (`webinar_stats`: the most viewers present at one instant), placed at its time: a
+/// one-second bucket counts everyone present at any moment of that second, so a viewer leaving
+/// and another arriving within it are both in the bucket, and the highest bucket can exceed the
+/// peak.
 fn concurrency_svg(admin: &mut Client) -> String {
+    let peak = admin
+        .query_one(
+            "SELECT peak_concurrent_viewers,
+                    extract(epoch FROM peak_at - date_bin('1 second', first_entered_at, timestamptz '2000-01-01 00:00:00+00'))::float8
+               FROM webinar_sessions.webinar_stats WHERE webinar_id = $1::text::uuid",
+            &[&WEBINAR_ID],
+        )
+        .unwrap();
+    let (peak_v, peak_t): (i64, Option<f64>) = (peak.get(0), peak.get(1));
     let points: Vec<(f64, i64)> = admin
         .query(
             "SELECT extract(epoch FROM bucket_start - min(bucket_start) OVER ())::float8, viewers
@@ -694,14 +743,15 @@ fn concurrency_svg(admin: &mut Client) -> String {
         "<polyline fill='none' stroke='#2563eb' stroke-width='2' points='{}'/>",
         path.join(" ")
     );
-    if let Some((t, v)) = points.iter().max_by_key(|p| p.1) {
+    if let Some(t) = peak_t {
+        let v = peak_v as f64;
         let _ = writeln!(
             svg,
-            "<circle cx='{:.1}' cy='{:.1}' r='4' fill='#dc2626'/><text x='{:.1}' y='{:.1}' fill='#dc2626'>peak {v} at {t:.0} s</text>",
-            x(*t),
-            y(*v as f64),
-            x(*t) + 8.0,
-            y(*v as f64) - 8.0
+            "<circle cx='{:.1}' cy='{:.1}' r='4' fill='#dc2626'/><text x='{:.1}' y='{:.1}' fill='#dc2626'>peak {peak_v} at {t:.1} s (the report's)</text>",
+            x(t),
+            y(v),
+            x(t) + 8.0,
+            y(v) - 8.0
         );
     }
     let _ = writeln!(

@@ -339,18 +339,28 @@ $$;
 COMMENT ON FUNCTION webinar_sessions.flush_heartbeats() IS
     'Writes the buffered heartbeats of this database to the table now (the worker does it every flush_interval); returns how many sessions it wrote. service_role only.';
 
--- What the worker runs every flush_interval. A failed flush loses nothing (the next one
--- writes the same heartbeats); it is logged, not raised.
+-- What the worker runs every flush_interval: the flush, then the live counts (sql/report.sql),
+-- which then include what the flush wrote. A failed flush loses nothing (the next one writes
+-- the same heartbeats); failures are logged, not raised, and one does not undo the other.
 CREATE FUNCTION webinar_sessions._worker_flush()
 RETURNS bigint
 LANGUAGE plpgsql VOLATILE
 SET search_path = ''
 AS $$
+DECLARE
+    v_written bigint;
 BEGIN
-    RETURN webinar_sessions._flush_buffer(false);
-EXCEPTION WHEN OTHERS THEN
-    RAISE WARNING 'webinar_sessions: flushing buffered heartbeats failed: %', SQLERRM;
-    RETURN NULL;
+    BEGIN
+        v_written := webinar_sessions._flush_buffer(false);
+    EXCEPTION WHEN OTHERS THEN
+        RAISE WARNING 'webinar_sessions: flushing buffered heartbeats failed: %', SQLERRM;
+    END;
+    BEGIN
+        PERFORM webinar_sessions._refresh_live_counts();
+    EXCEPTION WHEN OTHERS THEN
+        RAISE WARNING 'webinar_sessions: counting live viewers failed: %', SQLERRM;
+    END;
+    RETURN v_written;
 END
 $$;
 

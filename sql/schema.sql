@@ -91,6 +91,35 @@ CREATE TRIGGER wus_forget_truncated
     AFTER TRUNCATE ON webinar_sessions.webinar_user_sessions
     FOR EACH STATEMENT EXECUTE FUNCTION webinar_sessions._forget_truncated();
 
+-- Who hosts or presents a webinar; the app fills it (as service_role). Their own sessions are
+-- not the audience: they stay out of the audience figures (webinar_stats, concurrency,
+-- retention, attendance, live_viewers) and are reported apart in webinar_report. A host may
+-- read the webinar's report and summary.
+CREATE TABLE webinar_sessions.webinar_hosts (
+    webinar_id uuid        NOT NULL,
+    user_id    uuid        NOT NULL,
+    role       text        NOT NULL DEFAULT 'host',
+    created_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (webinar_id, user_id),
+    CONSTRAINT webinar_hosts_role_known CHECK (role IN ('host', 'presenter'))
+);
+CREATE INDEX idx_webinar_hosts_user ON webinar_sessions.webinar_hosts (user_id);
+COMMENT ON TABLE webinar_sessions.webinar_hosts IS
+    'Hosts and presenters of each webinar (role host or presenter), filled by the app as service_role; signed-in users read their own rows.';
+ALTER TABLE webinar_sessions.webinar_hosts ENABLE ROW LEVEL SECURITY;
+CREATE POLICY webinar_hosts_read_own ON webinar_sessions.webinar_hosts
+    FOR SELECT
+    USING (user_id = (SELECT webinar_sessions.current_user_id()));
+
+-- The audience now, per webinar, as the worker counts it after each flush (live_viewers reads
+-- it; derived data, so pg_dump leaves its rows out).
+CREATE TABLE webinar_sessions.live_counts (
+    webinar_id uuid        PRIMARY KEY,
+    viewers    bigint      NOT NULL,
+    counted_at timestamptz NOT NULL
+);
+ALTER TABLE webinar_sessions.live_counts ENABLE ROW LEVEL SECURITY;
+
 -- One row per sweep, from the worker or a manual call. The newest 1000 are kept.
 CREATE TABLE webinar_sessions.sweep_runs (
     id          uuid        PRIMARY KEY DEFAULT gen_random_uuid(),
@@ -108,3 +137,4 @@ ALTER TABLE webinar_sessions.sweep_runs ENABLE ROW LEVEL SECURITY;
 -- pg_dump dumps the contents of extension tables only when they are registered.
 SELECT pg_catalog.pg_extension_config_dump('webinar_sessions.webinar_user_sessions', '');
 SELECT pg_catalog.pg_extension_config_dump('webinar_sessions.sweep_runs', '');
+SELECT pg_catalog.pg_extension_config_dump('webinar_sessions.webinar_hosts', '');

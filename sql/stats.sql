@@ -27,6 +27,27 @@ SELECT webinar_id, user_id, entered_at, exited_at
 COMMENT ON VIEW webinar_sessions.session_spans IS
     'Each session as the time it proves present: entered_at to coalesce(exited_at, last_heartbeat_at, entered_at).';
 
+-- The audience's sessions: every session but those of the webinar's hosts and presenters
+-- (webinar_hosts). The per-webinar figures read this.
+CREATE VIEW webinar_sessions.audience_spans WITH (security_invoker = true) AS
+SELECT s.webinar_id, s.user_id, s.started_at, s.ended_at
+  FROM webinar_sessions.session_spans AS s
+ WHERE NOT EXISTS (SELECT FROM webinar_sessions.webinar_hosts AS h
+                    WHERE h.webinar_id = s.webinar_id AND h.user_id = s.user_id);
+COMMENT ON VIEW webinar_sessions.audience_spans IS
+    'session_spans without the sessions of each webinar''s hosts and presenters.';
+
+-- The audience's active sessions (hosts and presenters left out): what webinar_stats counts as
+-- active and live_viewers as watching now.
+CREATE VIEW webinar_sessions.active_audience WITH (security_invoker = true) AS
+SELECT s.webinar_id, s.user_id, s.id
+  FROM webinar_sessions.webinar_user_sessions AS s
+ WHERE s.exited_at IS NULL
+   AND NOT EXISTS (SELECT FROM webinar_sessions.webinar_hosts AS h
+                    WHERE h.webinar_id = s.webinar_id AND h.user_id = s.user_id);
+COMMENT ON VIEW webinar_sessions.active_audience IS
+    'The active sessions of each webinar''s audience (its hosts and presenters left out).';
+
 -- One row per continuous stretch of a viewer's presence in a webinar. Overlapping and
 -- touching sessions merge (gaps and islands: a session starts a new stretch only when it
 -- begins after every earlier session of that viewer has ended).
@@ -73,13 +94,12 @@ CREATE VIEW webinar_sessions.webinar_stats WITH (security_invoker = true) AS
 WITH summaries AS (
     SELECT spans.webinar_id,
            webinar_sessions._presence_summary(spans.user_id, spans.started_at, spans.ended_at) AS s
-      FROM webinar_sessions.session_spans AS spans
+      FROM webinar_sessions.audience_spans AS spans
      GROUP BY spans.webinar_id
 ), active AS (
-    SELECT webinar_id, count(*) AS active_sessions, count(DISTINCT user_id) AS active_viewers
-      FROM webinar_sessions.webinar_user_sessions
-     WHERE exited_at IS NULL
-     GROUP BY webinar_id
+    SELECT a.webinar_id, count(*) AS active_sessions, count(DISTINCT a.user_id) AS active_viewers
+      FROM webinar_sessions.active_audience AS a
+     GROUP BY a.webinar_id
 )
 SELECT w.webinar_id,
        w.s[1]::bigint AS viewers,
@@ -95,7 +115,7 @@ SELECT w.webinar_id,
   FROM summaries AS w
   LEFT JOIN active AS a ON a.webinar_id = w.webinar_id;
 COMMENT ON VIEW webinar_sessions.webinar_stats IS
-    'Per webinar: viewers, sessions, active now, watch time (union per viewer), peak concurrent distinct viewers.';
+    'Per webinar, its audience (hosts and presenters left out): viewers, sessions, active now, watch time (union per viewer), peak concurrent distinct viewers.';
 
 CREATE FUNCTION webinar_sessions._check_span(p_name text, p_value interval)
 RETURNS void
@@ -147,7 +167,7 @@ LANGUAGE plpgsql STABLE
 AS $$
 BEGIN
     RETURN (SELECT webinar_sessions._presence_of(s.user_id, s.started_at, s.ended_at)
-              FROM webinar_sessions.session_spans AS s
+              FROM webinar_sessions.audience_spans AS s
              WHERE s.webinar_id = p_webinar_id);
 END
 $$;

@@ -129,6 +129,13 @@ fn caller_may_act_for_others() -> bool {
     }
 }
 
+/// For SQL (the report API's access check): whether the caller is service_role, a
+/// superuser or the extension's owner, judged by the outer user as above.
+#[pg_extern(stable, parallel_safe, name = "_caller_is_service")]
+fn caller_is_service() -> bool {
+    caller_may_act_for_others()
+}
+
 /// The user a call acts for: `requested` when the caller may name it, else the caller's own
 /// id from the claims. Raises 42501 when there is no usable identity.
 pub fn acting_user(requested: Option<Uuid>) -> Uuid {

@@ -57,6 +57,11 @@ extension_sql_file!(
     name = "stats",
     requires = ["schema", "presence_summary_aggregate"]
 );
+extension_sql_file!(
+    "../sql/report.sql",
+    name = "report",
+    requires = ["api", "stats", identity::caller_is_service]
+);
 extension_sql_file!("../sql/privileges.sql", name = "privileges", finalize);
 
 #[cfg(any(test, feature = "pg_test"))]

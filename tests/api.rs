@@ -261,6 +261,17 @@ fn privilege_matrix() {
         ),
         ("update sessions", "1; UPDATE webinar_sessions.webinar_user_sessions SET updated_at = now()".into()),
         ("delete sessions", "1; DELETE FROM webinar_sessions.webinar_user_sessions".into()),
+        ("public.live_viewers", format!("public.live_viewers('{webinar}')")),
+        ("webinar_sessions.live_viewers", format!("webinar_sessions.live_viewers('{webinar}')")),
+        // A signed-in user who does not host the webinar gets 42501 from the check inside.
+        ("public.webinar_report", format!("count(*) FROM public.webinar_report('{webinar}')")),
+        ("public.webinar_summary", format!("count(*) FROM public.webinar_summary('{webinar}')")),
+        ("select webinar_hosts", "count(*) FROM webinar_sessions.webinar_hosts".into()),
+        (
+            "insert webinar_hosts",
+            format!("1; INSERT INTO webinar_sessions.webinar_hosts (webinar_id, user_id) VALUES ('{webinar}', '{viewer}')"),
+        ),
+        ("select live_counts", "count(*) FROM webinar_sessions.live_counts".into()),
     ];
     let client_api = [
         "public.enter_webinar",
@@ -270,6 +281,9 @@ fn privilege_matrix() {
         "webinar_sessions.heartbeat",
         "webinar_sessions.leave",
         "select sessions",
+        "public.live_viewers",
+        "webinar_sessions.live_viewers",
+        "select webinar_hosts",
     ];
     // (login role, role to switch to)
     let roles = [

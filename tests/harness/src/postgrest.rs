@@ -189,3 +189,45 @@ pub fn rpc_json(
         .map(|rows| one_row(function, rows))
         .map_err(database_error)
 }
+
+/// A GET request for `Accept: text/csv` (`supabase.rpc(function, args, { get: true }).csv()`):
+/// a READ ONLY transaction, as PostgREST opens for GET, and the CSV built by the database the
+/// way PostgREST builds it: a header of the columns, then each row's record text without its
+/// parentheses. Returns the body, or the error.
+pub fn request_csv(
+    client: &mut Client,
+    role: &str,
+    claims: Option<&str>,
+    function: &str,
+    args: &[(&str, Value)],
+) -> Result<String, postgres::Error> {
+    let columns: Vec<String> = args
+        .iter()
+        .map(|(name, _)| format!("{name} {}", argument_type(name)))
+        .collect();
+    let named: Vec<String> = args
+        .iter()
+        .map(|(name, _)| format!("{name} := _.{name}"))
+        .collect();
+    let sql = format!(
+        "SELECT coalesce((SELECT string_agg(k.key, ',')
+                            FROM json_object_keys(json_agg(t) -> 0) AS k(key)), '')
+                || E'\\n'
+                || coalesce(string_agg(substring(t::text, 2, length(t::text) - 2), E'\\n'), '')
+           FROM (SELECT r.* FROM json_to_record($1::text::json) AS _({}),
+                                 LATERAL {function}({}) AS r) AS t",
+        columns.join(", "),
+        named.join(", ")
+    );
+    let body = Value::Object(
+        args.iter()
+            .map(|(name, value)| (name.to_string(), value.clone()))
+            .collect(),
+    )
+    .to_string();
+    let mut tx = begin_request(client, role, claims)?;
+    tx.batch_execute("SET TRANSACTION READ ONLY")?;
+    let csv: String = tx.query_one(&sql, &[&body])?.get(0);
+    tx.commit()?;
+    Ok(csv)
+}
