@@ -1191,16 +1191,7 @@ fn a_hot_standby_reads_refuses_writes_and_runs_no_sweeper_until_promoted() {
         .batch_execute(&STALE_ROW.replace("'stale'", "'stale-2'"))
         .unwrap();
     assert!(
-        eventually(Duration::from_secs(15), || {
-            promoted
-                .query_one(
-                    "SELECT coalesce(bool_and(exit_reason = 'swept'), false)
-                       FROM webinar_sessions.webinar_user_sessions WHERE session_id = 'stale-2'",
-                    &[],
-                )
-                .unwrap()
-                .get(0)
-        }),
+        eventually(Duration::from_secs(15), || swept(&mut promoted, "stale-2")),
         "the promoted server's sweeper did not sweep"
     );
     assert!(sweep_runs_ids(&mut promoted).len() > runs);

@@ -91,11 +91,16 @@ pub const STALE_ROW: &str = "INSERT INTO webinar_sessions.webinar_user_sessions
 
 /// Whether the row that `STALE_ROW` inserted has been swept.
 pub fn stale_row_swept(client: &mut Client) -> bool {
+    swept(client, "stale")
+}
+
+/// Whether every session with this client session id has been swept (false when none exists).
+pub fn swept(client: &mut Client, session_id: &str) -> bool {
     client
         .query_one(
             "SELECT coalesce(bool_and(exit_reason = 'swept'), false)
-               FROM webinar_sessions.webinar_user_sessions WHERE session_id = 'stale'",
-            &[],
+               FROM webinar_sessions.webinar_user_sessions WHERE session_id = $1",
+            &[&session_id],
         )
         .unwrap()
         .get(0)

@@ -36,6 +36,36 @@ fn argument_type(name: &str) -> &'static str {
         .unwrap_or_else(|| panic!("no SQL type known for argument {name}"))
 }
 
+/// What PostgREST turns a JSON body into: the `json_to_record` column list (each argument
+/// with its SQL type), the named arguments of the call, and the body itself.
+struct Body {
+    columns: String,
+    named: String,
+    json: String,
+}
+
+fn body(args: &[(&str, Value)]) -> Body {
+    let columns: Vec<String> = args
+        .iter()
+        .map(|(name, _)| format!("{name} {}", argument_type(name)))
+        .collect();
+    let named: Vec<String> = args
+        .iter()
+        .map(|(name, _)| format!("{name} := _.{name}"))
+        .collect();
+    let json = Value::Object(
+        args.iter()
+            .map(|(name, value)| (name.to_string(), value.clone()))
+            .collect(),
+    )
+    .to_string();
+    Body {
+        columns: columns.join(", "),
+        named: named.join(", "),
+        json,
+    }
+}
+
 /// A request's transaction before its statement: the role switched and the claims (None: the
 /// setting is not set at all) set, both transaction-locally. For tests that read tables as a
 /// signed-in user would, and for [`request`].
@@ -65,37 +95,23 @@ pub fn request(
     function: &str,
     args: &[(&str, Value)],
 ) -> Result<Vec<Value>, postgres::Error> {
+    let body = body(args);
     let sql = if args.is_empty() {
         format!("SELECT coalesce(json_agg(r), '[]')::text FROM {function}() AS r")
     } else {
-        let columns: Vec<String> = args
-            .iter()
-            .map(|(name, _)| format!("{name} {}", argument_type(name)))
-            .collect();
-        let named: Vec<String> = args
-            .iter()
-            .map(|(name, _)| format!("{name} := _.{name}"))
-            .collect();
         format!(
             "SELECT coalesce(json_agg(r), '[]')::text
                FROM json_to_record($1::text::json) AS _({}),
                     LATERAL {function}({}) AS r",
-            columns.join(", "),
-            named.join(", ")
+            body.columns, body.named
         )
     };
-    let body = Value::Object(
-        args.iter()
-            .map(|(name, value)| (name.to_string(), value.clone()))
-            .collect(),
-    )
-    .to_string();
     let mut tx = begin_request(client, role, claims)?;
     let outcome = (|| {
         let row = if args.is_empty() {
             tx.query_one(&sql, &[])?
         } else {
-            tx.query_one(&sql, &[&body])?
+            tx.query_one(&sql, &[&body.json])?
         };
         Ok::<String, postgres::Error>(row.get(0))
     })();
@@ -201,14 +217,7 @@ pub fn request_csv(
     function: &str,
     args: &[(&str, Value)],
 ) -> Result<String, postgres::Error> {
-    let columns: Vec<String> = args
-        .iter()
-        .map(|(name, _)| format!("{name} {}", argument_type(name)))
-        .collect();
-    let named: Vec<String> = args
-        .iter()
-        .map(|(name, _)| format!("{name} := _.{name}"))
-        .collect();
+    let body = body(args);
     let sql = format!(
         "SELECT coalesce((SELECT string_agg(k.key, ',')
                             FROM json_object_keys(json_agg(t) -> 0) AS k(key)), '')
@@ -216,18 +225,11 @@ pub fn request_csv(
                 || coalesce(string_agg(substring(t::text, 2, length(t::text) - 2), E'\\n'), '')
            FROM (SELECT r.* FROM json_to_record($1::text::json) AS _({}),
                                  LATERAL {function}({}) AS r) AS t",
-        columns.join(", "),
-        named.join(", ")
+        body.columns, body.named
     );
-    let body = Value::Object(
-        args.iter()
-            .map(|(name, value)| (name.to_string(), value.clone()))
-            .collect(),
-    )
-    .to_string();
     let mut tx = begin_request(client, role, claims)?;
     tx.batch_execute("SET TRANSACTION READ ONLY")?;
-    let csv: String = tx.query_one(&sql, &[&body])?.get(0);
+    let csv: String = tx.query_one(&sql, &[&body.json])?.get(0);
     tx.commit()?;
     Ok(csv)
 }
