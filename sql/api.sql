@@ -1,7 +1,9 @@
 -- webinar_sessions: the API.
 --
--- Writes go through SECURITY DEFINER functions in this schema (search_path pinned to '',
--- every name qualified). The client-facing functions in public are thin SECURITY INVOKER
+-- Writes go through SECURITY DEFINER functions in this schema (search_path pinned to
+-- pg_catalog, pg_temp: with an empty search_path PostgreSQL still looks up types and tables in
+-- the caller's pg_temp FIRST, so a temporary domain named timestamptz would run its CHECK as
+-- the owner; listed last, pg_temp cannot shadow anything; every name of ours is qualified). The client-facing functions in public are thin SECURITY INVOKER
 -- wrappers, so that supabase.rpc('heartbeat', ...) reaches them while no definer code sits
 -- in an exposed schema.
 
@@ -28,7 +30,7 @@ CREATE FUNCTION webinar_sessions._mark_alive(
 ) RETURNS webinar_sessions.session_status
 LANGUAGE plpgsql VOLATILE
 -- No SET search_path here: it costs a GUC save and restore on every heartbeat, and the only
--- callers are this schema's SECURITY DEFINER functions, which pin it to '' already.
+-- callers are this schema's SECURITY DEFINER functions, which pin it already.
 AS $$
 DECLARE
     v_interval integer := webinar_sessions._heartbeat_interval_s();
@@ -74,7 +76,7 @@ $$;
 CREATE FUNCTION webinar_sessions.enter(webinar_id uuid, session_id text, user_id uuid DEFAULT NULL)
 RETURNS webinar_sessions.session_status
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
-SET search_path = ''
+SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
     -- Durable, even after a heartbeat earlier in the same transaction turned it off.
@@ -104,7 +106,7 @@ COMMENT ON FUNCTION webinar_sessions.enter(uuid, text, uuid) IS
 CREATE FUNCTION webinar_sessions.heartbeat(webinar_id uuid, session_id text, user_id uuid DEFAULT NULL)
 RETURNS webinar_sessions.session_status
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
-SET search_path = ''
+SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     v_user uuid := webinar_sessions._checked_user(heartbeat.webinar_id, heartbeat.session_id, heartbeat.user_id);
@@ -133,7 +135,7 @@ COMMENT ON FUNCTION webinar_sessions.heartbeat(uuid, text, uuid) IS
 CREATE FUNCTION webinar_sessions.leave(webinar_id uuid, session_id text, user_id uuid DEFAULT NULL)
 RETURNS webinar_sessions.session_status
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
-SET search_path = ''
+SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     v_user uuid := webinar_sessions._checked_user(leave.webinar_id, leave.session_id, leave.user_id);
@@ -172,7 +174,7 @@ COMMENT ON FUNCTION webinar_sessions.leave(uuid, text, uuid) IS
 CREATE FUNCTION webinar_sessions.heartbeat_batch(webinar_ids uuid[], session_ids text[], user_ids uuid[])
 RETURNS bigint
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
-SET search_path = ''
+SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     v_count bigint;
@@ -213,7 +215,7 @@ COMMENT ON FUNCTION webinar_sessions.heartbeat_batch(uuid[], text[], uuid[]) IS
 CREATE FUNCTION webinar_sessions._flush_buffer(p_for_sweep boolean)
 RETURNS bigint
 LANGUAGE plpgsql VOLATILE
-SET search_path = ''
+SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     v_written uuid[];
@@ -242,7 +244,7 @@ $$;
 CREATE FUNCTION webinar_sessions._sweep(p_stale_after interval, p_source text)
 RETURNS bigint
 LANGUAGE plpgsql VOLATILE
-SET search_path = ''
+SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     v_started timestamptz := clock_timestamp();
@@ -273,7 +275,7 @@ CREATE FUNCTION webinar_sessions._record_sweep(
     p_started timestamptz, p_swept bigint, p_source text, p_stale_after interval, p_error text)
 RETURNS void
 LANGUAGE sql VOLATILE
-SET search_path = ''
+SET search_path = pg_catalog, pg_temp
 AS $$
     INSERT INTO webinar_sessions.sweep_runs (started_at, finished_at, swept, source, stale_after, error)
     VALUES (p_started, clock_timestamp(), p_swept, p_source, p_stale_after, p_error);
@@ -286,7 +288,7 @@ $$;
 CREATE FUNCTION webinar_sessions.sweep_stale_sessions(stale_after interval DEFAULT NULL)
 RETURNS bigint
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
-SET search_path = ''
+SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
     -- Checked the way the sweep applies it, by calendar arithmetic: as a comparison of
@@ -314,7 +316,7 @@ COMMENT ON FUNCTION webinar_sessions.sweep_stale_sessions(interval) IS
 CREATE FUNCTION webinar_sessions._worker_sweep()
 RETURNS bigint
 LANGUAGE plpgsql VOLATILE
-SET search_path = ''
+SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     v_stale_after interval := pg_catalog.make_interval(secs => webinar_sessions._stale_after_s());
@@ -332,7 +334,7 @@ $$;
 CREATE FUNCTION webinar_sessions.flush_heartbeats()
 RETURNS bigint
 LANGUAGE sql VOLATILE SECURITY DEFINER
-SET search_path = ''
+SET search_path = pg_catalog, pg_temp
 AS $$
     SELECT webinar_sessions._flush_buffer(false);
 $$;
@@ -345,7 +347,7 @@ COMMENT ON FUNCTION webinar_sessions.flush_heartbeats() IS
 CREATE FUNCTION webinar_sessions._worker_flush()
 RETURNS bigint
 LANGUAGE plpgsql VOLATILE
-SET search_path = ''
+SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     v_written bigint;

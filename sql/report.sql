@@ -13,7 +13,7 @@
 CREATE FUNCTION webinar_sessions._refresh_live_counts()
 RETURNS bigint
 LANGUAGE plpgsql VOLATILE
-SET search_path = ''
+SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     v_now timestamptz := pg_catalog.clock_timestamp();
@@ -43,7 +43,7 @@ $$;
 CREATE FUNCTION webinar_sessions.live_viewers(webinar_id uuid)
 RETURNS bigint
 LANGUAGE plpgsql STABLE SECURITY DEFINER
-SET search_path = ''
+SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     v_fresh_after timestamptz := pg_catalog.now()
@@ -51,6 +51,9 @@ DECLARE
                        interval '10 seconds');
 BEGIN
     PERFORM webinar_sessions._check_not_null('webinar_id', live_viewers.webinar_id IS NULL);
+    IF live_viewers.webinar_id = '00000000-0000-0000-0000-000000000000' THEN
+        RAISE EXCEPTION 'webinar_id must not be the nil uuid' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
     IF EXISTS (SELECT FROM webinar_sessions.live_counts AS c
                 WHERE c.webinar_id = '00000000-0000-0000-0000-000000000000'
                   AND c.counted_at > v_fresh_after) THEN
@@ -69,7 +72,7 @@ COMMENT ON FUNCTION webinar_sessions.live_viewers(uuid) IS
 CREATE FUNCTION webinar_sessions._check_report_access(p_webinar_id uuid)
 RETURNS void
 LANGUAGE plpgsql STABLE
-SET search_path = ''
+SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
     PERFORM webinar_sessions._check_not_null('webinar_id', p_webinar_id IS NULL);
@@ -101,7 +104,7 @@ RETURNS TABLE (user_id uuid, role text, first_entered_at timestamptz, last_seen_
                watched_seconds double precision, sessions bigint, rejoins bigint,
                attended boolean, watching_now boolean)
 LANGUAGE plpgsql STABLE SECURITY DEFINER
-SET search_path = ''
+SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     v_starts timestamptz := webinar_report.starts_at;
@@ -146,7 +149,7 @@ BEGIN
         )
         SELECT u.user_id, coalesce(h.role, 'viewer'), u.first_entered_at, u.last_seen_at, u.watched,
                u.sessions, u.rejoins,
-               v_length > 0 AND u.in_window / v_length >= webinar_report.min_ratio,
+               coalesce(v_length > 0 AND u.in_window / v_length >= webinar_report.min_ratio, false),
                EXISTS (SELECT FROM webinar_sessions.webinar_user_sessions AS s
                         WHERE s.webinar_id = webinar_report.webinar_id AND s.user_id = u.user_id
                           AND s.exited_at IS NULL)
@@ -163,7 +166,7 @@ COMMENT ON FUNCTION webinar_sessions.webinar_report(uuid, double precision, time
 CREATE FUNCTION webinar_sessions.webinar_summary(webinar_id uuid)
 RETURNS SETOF webinar_sessions.webinar_stats
 LANGUAGE plpgsql STABLE SECURITY DEFINER
-SET search_path = ''
+SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
     PERFORM webinar_sessions._check_report_access(webinar_summary.webinar_id);

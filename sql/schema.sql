@@ -66,7 +66,7 @@ CREATE POLICY wus_read_own ON webinar_sessions.webinar_user_sessions
 -- src/buffer.rs), so that it never answers for a session that is gone.
 CREATE FUNCTION webinar_sessions._forget_deleted() RETURNS trigger
 LANGUAGE plpgsql
-SET search_path = ''
+SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
     PERFORM webinar_sessions._buffer_forget((SELECT pg_catalog.array_agg(gone.id) FROM gone), false);
@@ -80,7 +80,7 @@ CREATE TRIGGER wus_forget_deleted
 
 CREATE FUNCTION webinar_sessions._forget_truncated() RETURNS trigger
 LANGUAGE plpgsql
-SET search_path = ''
+SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
     PERFORM webinar_sessions._buffer_forget(NULL, true);

@@ -190,7 +190,7 @@ $$;
 CREATE FUNCTION webinar_sessions.concurrency(webinar_id uuid, bucket interval DEFAULT '1 minute')
 RETURNS TABLE (bucket_start timestamptz, viewers bigint)
 LANGUAGE plpgsql STABLE
-SET search_path = ''
+SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     v_presence bytea;
@@ -228,7 +228,7 @@ CREATE FUNCTION webinar_sessions.attendance(
     webinar_id uuid, starts_at timestamptz, ends_at timestamptz, min_ratio double precision DEFAULT 0.85)
 RETURNS TABLE (user_id uuid, watched_seconds double precision, ratio double precision, attended boolean)
 LANGUAGE plpgsql STABLE
-SET search_path = ''
+SET search_path = pg_catalog, pg_temp
 -- One row per viewer: 200,000 rows of a big webinar are about 12 MB, which the result's
 -- tuplestore keeps in memory instead of spilling at the default 4 MB.
 SET work_mem = '128MB'
@@ -267,7 +267,7 @@ CREATE FUNCTION webinar_sessions.retention(
     webinar_id uuid, starts_at timestamptz, ends_at timestamptz, bucket interval DEFAULT '1 minute')
 RETURNS TABLE (minute_offset integer, still_watching bigint)
 LANGUAGE plpgsql STABLE
-SET search_path = ''
+SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     v_points bigint;

@@ -9,6 +9,10 @@
 -- * Hosts and viewers read their own numbers (sql/report.sql): webinar_hosts, whose sessions
 --   leave the audience figures; live_viewers, counted by the worker after each flush;
 --   webinar_report and webinar_summary for a webinar's hosts.
+-- * Security: every function that pinned search_path to '' pins it to pg_catalog, pg_temp.
+--   With an empty search_path PostgreSQL still resolves types and tables in the caller's
+--   pg_temp first, so a temporary domain named like a type a definer declares (timestamptz,
+--   uuid, text) ran its CHECK as the extension's owner.
 -- Data is untouched. tests/upgrade.rs checks that a database updated through this script ends
 -- up with exactly the objects, definitions and privileges of a fresh 0.4.0.
 
@@ -32,7 +36,7 @@ $grants$;
 CREATE OR REPLACE FUNCTION webinar_sessions.heartbeat(webinar_id uuid, session_id text, user_id uuid DEFAULT NULL)
 RETURNS webinar_sessions.session_status
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
-SET search_path = ''
+SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     v_user uuid := webinar_sessions._checked_user(heartbeat.webinar_id, heartbeat.session_id, heartbeat.user_id);
@@ -159,7 +163,7 @@ $$;
 CREATE OR REPLACE FUNCTION webinar_sessions._worker_flush()
 RETURNS bigint
 LANGUAGE plpgsql VOLATILE
-SET search_path = ''
+SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     v_written bigint;
@@ -187,7 +191,7 @@ AS 'MODULE_PATHNAME', 'caller_is_service_wrapper';
 CREATE FUNCTION webinar_sessions._refresh_live_counts()
 RETURNS bigint
 LANGUAGE plpgsql VOLATILE
-SET search_path = ''
+SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     v_now timestamptz := pg_catalog.clock_timestamp();
@@ -217,7 +221,7 @@ $$;
 CREATE FUNCTION webinar_sessions.live_viewers(webinar_id uuid)
 RETURNS bigint
 LANGUAGE plpgsql STABLE SECURITY DEFINER
-SET search_path = ''
+SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     v_fresh_after timestamptz := pg_catalog.now()
@@ -225,6 +229,9 @@ DECLARE
                        interval '10 seconds');
 BEGIN
     PERFORM webinar_sessions._check_not_null('webinar_id', live_viewers.webinar_id IS NULL);
+    IF live_viewers.webinar_id = '00000000-0000-0000-0000-000000000000' THEN
+        RAISE EXCEPTION 'webinar_id must not be the nil uuid' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
     IF EXISTS (SELECT FROM webinar_sessions.live_counts AS c
                 WHERE c.webinar_id = '00000000-0000-0000-0000-000000000000'
                   AND c.counted_at > v_fresh_after) THEN
@@ -243,7 +250,7 @@ COMMENT ON FUNCTION webinar_sessions.live_viewers(uuid) IS
 CREATE FUNCTION webinar_sessions._check_report_access(p_webinar_id uuid)
 RETURNS void
 LANGUAGE plpgsql STABLE
-SET search_path = ''
+SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
     PERFORM webinar_sessions._check_not_null('webinar_id', p_webinar_id IS NULL);
@@ -275,7 +282,7 @@ RETURNS TABLE (user_id uuid, role text, first_entered_at timestamptz, last_seen_
                watched_seconds double precision, sessions bigint, rejoins bigint,
                attended boolean, watching_now boolean)
 LANGUAGE plpgsql STABLE SECURITY DEFINER
-SET search_path = ''
+SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     v_starts timestamptz := webinar_report.starts_at;
@@ -320,7 +327,7 @@ BEGIN
         )
         SELECT u.user_id, coalesce(h.role, 'viewer'), u.first_entered_at, u.last_seen_at, u.watched,
                u.sessions, u.rejoins,
-               v_length > 0 AND u.in_window / v_length >= webinar_report.min_ratio,
+               coalesce(v_length > 0 AND u.in_window / v_length >= webinar_report.min_ratio, false),
                EXISTS (SELECT FROM webinar_sessions.webinar_user_sessions AS s
                         WHERE s.webinar_id = webinar_report.webinar_id AND s.user_id = u.user_id
                           AND s.exited_at IS NULL)
@@ -337,7 +344,7 @@ COMMENT ON FUNCTION webinar_sessions.webinar_report(uuid, double precision, time
 CREATE FUNCTION webinar_sessions.webinar_summary(webinar_id uuid)
 RETURNS SETOF webinar_sessions.webinar_stats
 LANGUAGE plpgsql STABLE SECURITY DEFINER
-SET search_path = ''
+SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
     PERFORM webinar_sessions._check_report_access(webinar_summary.webinar_id);
@@ -426,3 +433,21 @@ BEGIN
     END IF;
 END
 $grants$;
+
+-- search_path '' let the caller's pg_temp shadow type names (see the top of this script).
+DO $pin$
+DECLARE
+    v_function regprocedure;
+BEGIN
+    FOR v_function IN
+        SELECT p.oid::regprocedure
+          FROM pg_catalog.pg_proc AS p
+          JOIN pg_catalog.pg_depend AS d
+            ON d.classid = 'pg_catalog.pg_proc'::regclass AND d.objid = p.oid AND d.deptype = 'e'
+          JOIN pg_catalog.pg_extension AS e ON e.oid = d.refobjid AND e.extname = 'webinar_sessions'
+         WHERE p.proconfig @> ARRAY['search_path=""']
+    LOOP
+        EXECUTE pg_catalog.format('ALTER FUNCTION %s SET search_path = pg_catalog, pg_temp', v_function);
+    END LOOP;
+END
+$pin$;

@@ -498,3 +498,58 @@ fn the_harness_knows_the_type_of_every_argument_of_the_api() {
         );
     }
 }
+
+/// With `search_path = ''` PostgreSQL still resolves types and tables in the caller's pg_temp
+/// first: a temporary domain named like a type a definer declares (timestamptz, uuid, text,
+/// bytea) ran its CHECK as the extension's owner, a superuser (found by an adversarial review,
+/// through live_viewers). Every definer now pins pg_catalog, pg_temp (pg_temp last). Here a login
+/// that may act as authenticated plants such domains and calls every client-facing function:
+/// none may run the planted code.
+#[test]
+fn temporary_types_cannot_hijack_the_definers() {
+    let (mut admin, mut api) = database("hijack");
+    let (viewer, webinar) = (uuid(1), uuid(100));
+    admin
+        .execute(
+            "INSERT INTO webinar_sessions.webinar_hosts (webinar_id, user_id) VALUES ($1::text::uuid, $2::text::uuid)",
+            &[&webinar, &viewer],
+        )
+        .unwrap();
+    api.batch_execute(
+        "CREATE FUNCTION pg_temp.hijacked(anyelement) RETURNS boolean LANGUAGE plpgsql AS
+             $$ BEGIN RAISE EXCEPTION 'hijacked: ran as %', current_user; END $$;
+         CREATE DOMAIN pg_temp.timestamptz AS pg_catalog.timestamptz CHECK (pg_temp.hijacked(VALUE));
+         CREATE DOMAIN pg_temp.uuid AS pg_catalog.uuid CHECK (pg_temp.hijacked(VALUE));
+         CREATE DOMAIN pg_temp.text AS pg_catalog.text CHECK (pg_temp.hijacked(VALUE));
+         CREATE DOMAIN pg_temp.bytea AS pg_catalog.bytea CHECK (pg_temp.hijacked(VALUE));",
+    )
+    .unwrap();
+    // The calls name every type of their own schema-qualified (the harness's request would
+    // meet the planted domains itself, as the caller).
+    let claims = claims_for(&viewer);
+    for call in [
+        "public.enter_webinar(webinar_id => $1::pg_catalog.text::pg_catalog.uuid, session_id => 'tab')",
+        "public.heartbeat(webinar_id => $1::pg_catalog.text::pg_catalog.uuid, session_id => 'tab')",
+        "public.heartbeat(webinar_id => $1::pg_catalog.text::pg_catalog.uuid, session_id => 'tab')",
+        "public.leave_webinar(webinar_id => $1::pg_catalog.text::pg_catalog.uuid, session_id => 'tab')",
+        "public.live_viewers(webinar_id => $1::pg_catalog.text::pg_catalog.uuid)",
+        "public.webinar_report(webinar_id => $1::pg_catalog.text::pg_catalog.uuid)",
+        "public.webinar_summary(webinar_id => $1::pg_catalog.text::pg_catalog.uuid)",
+    ] {
+        let mut tx = begin_request(&mut api, "authenticated", Some(&claims)).unwrap();
+        let answer = tx.query(
+            &format!("SELECT pg_catalog.count(*) FROM {call} AS r"),
+            &[&webinar.as_str()],
+        );
+        assert!(answer.is_ok(), "{call}: {answer:?}");
+        tx.commit().unwrap();
+    }
+    let superuser: bool = admin
+        .query_one(
+            "SELECT rolsuper FROM pg_roles WHERE rolname = 'authenticator'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert!(!superuser);
+}
