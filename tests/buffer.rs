@@ -39,29 +39,6 @@ fn enter(api: &mut Client, user: &str, webinar: &str, session: &str) -> serde_js
     .unwrap_or_else(|e| panic!("enter_webinar: {e}"))
 }
 
-/// One figure of `webinar_sessions.buffer_stats`.
-fn stat(admin: &mut Client, column: &str) -> i64 {
-    admin
-        .query_one(
-            &format!("SELECT {column} FROM webinar_sessions.buffer_stats"),
-            &[],
-        )
-        .unwrap()
-        .get(0)
-}
-
-/// The stored last_heartbeat_at of a row, as text in the JSON the API returns.
-fn stored_heartbeat(admin: &mut Client, id: &serde_json::Value) -> Option<String> {
-    admin
-        .query_one(
-            "SELECT to_jsonb(last_heartbeat_at) #>> '{}'
-               FROM webinar_sessions.webinar_user_sessions WHERE id = $1::text::uuid",
-            &[&id.as_str().unwrap()],
-        )
-        .unwrap()
-        .get(0)
-}
-
 #[test]
 fn a_buffered_heartbeat_writes_nothing_until_the_flush() {
     let cluster = buffered_cluster("buffer-flush", &[]);
@@ -71,8 +48,8 @@ fn a_buffered_heartbeat_writes_nothing_until_the_flush() {
 
     // Entering puts the session into the buffer (once the entry commits).
     let entered = enter(&mut api, &viewer, &webinar, "tab");
-    assert_eq!(stat(&mut admin, "used"), 1);
-    assert_eq!(stat(&mut admin, "dirty"), 0);
+    assert_eq!(buffer_stat(&mut admin, "used"), 1);
+    assert_eq!(buffer_stat(&mut admin, "dirty"), 0);
     let first = heartbeat(&mut api, &viewer, &webinar, "tab");
     assert_eq!(
         (&first["status"], &first["id"]),
@@ -103,8 +80,8 @@ fn a_buffered_heartbeat_writes_nothing_until_the_flush() {
     assert!(second["exited_at"].is_null());
     assert_eq!(second["heartbeat_interval_s"], 120);
     assert_eq!(stored_heartbeat(&mut admin, &first["id"]), None);
-    assert_eq!(stat(&mut admin, "dirty"), 1);
-    assert_eq!(stat(&mut admin, "buffered_heartbeats"), 2);
+    assert_eq!(buffer_stat(&mut admin, "dirty"), 1);
+    assert_eq!(buffer_stat(&mut admin, "buffered_heartbeats"), 2);
 
     // flush_heartbeats writes exactly the buffered time.
     let written: i64 = admin
@@ -116,8 +93,8 @@ fn a_buffered_heartbeat_writes_nothing_until_the_flush() {
         stored_heartbeat(&mut admin, &first["id"]),
         second["last_heartbeat_at"].as_str().map(String::from)
     );
-    assert_eq!(stat(&mut admin, "dirty"), 0);
-    assert_eq!(stat(&mut admin, "flushes"), 1);
+    assert_eq!(buffer_stat(&mut admin, "dirty"), 0);
+    assert_eq!(buffer_stat(&mut admin, "flushes"), 1);
     // Nothing left to write: a second flush writes nothing.
     let again: i64 = admin
         .query_one("SELECT webinar_sessions.flush_heartbeats()", &[])
@@ -143,7 +120,7 @@ fn the_worker_flushes_every_flush_interval() {
         }),
         "the worker did not write the buffered heartbeat"
     );
-    assert_eq!(stat(&mut admin, "dirty"), 0);
+    assert_eq!(buffer_stat(&mut admin, "dirty"), 0);
 
     // A database dropped with sessions in the buffer: the worker forgets them.
     let mut doomed = cluster.supabase_database("doomed");
@@ -152,14 +129,15 @@ fn the_worker_flushes_every_flush_interval() {
         enter(&mut api, &viewer, &webinar, "tab");
         heartbeat(&mut api, &viewer, &webinar, "tab");
     }
-    assert_eq!(stat(&mut doomed, "used"), 2);
+    assert_eq!(buffer_stat(&mut doomed, "used"), 2);
     drop(doomed);
     cluster
         .connect("postgres")
         .batch_execute("DROP DATABASE doomed WITH (FORCE)")
         .unwrap();
     assert!(
-        eventually(Duration::from_secs(10), || stat(&mut admin, "used") == 1),
+        eventually(Duration::from_secs(10), || buffer_stat(&mut admin, "used")
+            == 1),
         "the entries of a dropped database stayed in the buffer"
     );
 }
@@ -178,7 +156,7 @@ fn a_sweep_writes_buffered_heartbeats_first_and_spares_their_sessions() {
     std::thread::sleep(Duration::from_millis(1500));
     // Only in the buffer: the rows show no heartbeat at all yet.
     let fresh = heartbeat(&mut api, &watching, &webinar, "tab");
-    assert_eq!(stat(&mut admin, "dirty"), 2);
+    assert_eq!(buffer_stat(&mut admin, "dirty"), 2);
 
     let swept: i64 = admin
         .query_one(
@@ -244,7 +222,7 @@ fn leave_writes_the_buffered_heartbeat_and_ends_buffering() {
     assert_eq!(left["status"], "left");
     assert_eq!(left["last_heartbeat_at"], buffered["last_heartbeat_at"]);
     assert!(left["exited_at"].as_str() >= buffered["last_heartbeat_at"].as_str());
-    assert_eq!(stat(&mut admin, "used"), 0);
+    assert_eq!(buffer_stat(&mut admin, "used"), 0);
     // After the leave the buffer never answers for the closed row.
     let next = heartbeat(&mut api, &viewer, &webinar, "tab");
     assert_eq!(next["status"], "reopened");
@@ -269,10 +247,10 @@ fn a_full_buffer_falls_back_to_direct_heartbeats() {
             .collect::<Vec<_>>();
         assert!(last.iter().all(|h| h["status"] == "alive"));
     }
-    assert_eq!(stat(&mut admin, "capacity"), 16);
-    assert_eq!(stat(&mut admin, "used"), 16);
+    assert_eq!(buffer_stat(&mut admin, "capacity"), 16);
+    assert_eq!(buffer_stat(&mut admin, "used"), 16);
     assert!(
-        stat(&mut admin, "fallbacks") >= 8 * 3,
+        buffer_stat(&mut admin, "fallbacks") >= 8 * 3,
         "every session that did not fit is counted"
     );
     settle(&mut admin);
@@ -282,7 +260,7 @@ fn a_full_buffer_falls_back_to_direct_heartbeats() {
             h["last_heartbeat_at"].as_str()
         );
     }
-    let memory: i64 = stat(&mut admin, "bytes_per_session");
+    let memory: i64 = buffer_stat(&mut admin, "bytes_per_session");
     println!("buffer: {memory} bytes of shared memory per session");
     assert!((100..1000).contains(&memory));
 }
@@ -312,8 +290,8 @@ fn direct_mode_leaves_the_buffer_alone() {
         .unwrap()
         .get(0);
     assert_eq!(mode, "direct");
-    assert_eq!(stat(&mut admin, "used"), 0);
-    assert_eq!(stat(&mut admin, "buffered_heartbeats"), 0);
+    assert_eq!(buffer_stat(&mut admin, "used"), 0);
+    assert_eq!(buffer_stat(&mut admin, "buffered_heartbeats"), 0);
 }
 
 /// Many viewers heartbeat while sweeps with a tiny stale_after and flushes run in a loop.
@@ -416,7 +394,7 @@ fn heartbeats_racing_flushes_and_sweeps_lose_nothing() {
             violations.push((id.clone(), at.clone(), kept, open_until));
         }
     }
-    let buffered = stat(&mut admin, "buffered_heartbeats");
+    let buffered = buffer_stat(&mut admin, "buffered_heartbeats");
     println!(
         "race: {} heartbeats answered ({buffered} from the buffer), {sweeps} sweeps closed {swept} sessions, {} violations",
         answers.len(),
@@ -603,7 +581,7 @@ fn a_heartbeat_while_a_sweep_is_under_way_is_never_overtaken() {
         open && recorded,
         "answered {answer} but the row was swept or not written"
     );
-    assert_eq!(stat(&mut admin, "dirty"), 0);
+    assert_eq!(buffer_stat(&mut admin, "dirty"), 0);
 }
 
 /// Rows deleted or truncated behind the API's back leave the buffer with them: the next
@@ -642,7 +620,7 @@ fn rows_removed_behind_the_api_leave_the_buffer() {
     admin
         .batch_execute("TRUNCATE webinar_sessions.webinar_user_sessions")
         .unwrap();
-    assert_eq!(stat(&mut admin, "used"), 0);
+    assert_eq!(buffer_stat(&mut admin, "used"), 0);
     assert_eq!(
         heartbeat(&mut api, &kept, &webinar, "tab")["status"],
         "reopened"
@@ -679,7 +657,7 @@ fn a_transaction_that_used_the_buffer_cannot_be_prepared() {
     assert_eq!(error.code().code(), "0A000", "{error}");
     assert!(error.message().contains("cannot PREPARE"), "{error}");
     let _ = admin.batch_execute("ROLLBACK");
-    assert_eq!(stat(&mut admin, "used"), 0);
+    assert_eq!(buffer_stat(&mut admin, "used"), 0);
     // A transaction that did not touch the buffer prepares as usual.
     admin
         .batch_execute("BEGIN; SELECT 1; PREPARE TRANSACTION 'plain'")

@@ -430,13 +430,7 @@ fn check(mode: &str, crash: bool) {
     );
     if mode == "buffered" {
         // The buffer must really have answered: else this would test direct mode twice.
-        let buffered: i64 = admin
-            .query_one(
-                "SELECT buffered_heartbeats FROM webinar_sessions.buffer_stats",
-                &[],
-            )
-            .unwrap()
-            .get(0);
+        let buffered: i64 = buffer_stat(&mut admin, "buffered_heartbeats");
         println!("answered from the buffer (since the last start): {buffered}");
         assert!(buffered > 0, "no heartbeat was answered from the buffer");
     }

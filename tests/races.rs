@@ -35,17 +35,6 @@ fn call(api: &mut Client, function: &str, viewer: &str, webinar: &str) -> serde_
     .unwrap_or_else(|e| panic!("{function}: {e}"))
 }
 
-/// The stored last_heartbeat_at of a row, in the JSON text form the API answers with.
-fn stored(admin: &mut Client, id: &serde_json::Value) -> Option<String> {
-    admin
-        .query_one(
-            "SELECT to_jsonb(last_heartbeat_at) #>> '{}' FROM webinar_sessions.webinar_user_sessions WHERE id = $1::text::uuid",
-            &[&id.as_str().unwrap()],
-        )
-        .unwrap()
-        .get(0)
-}
-
 /// A session entered and heartbeated once more (answered from the buffer); returns the
 /// answer.
 fn buffered_heartbeat(api: &mut Client, viewer: &str, webinar: &str) -> serde_json::Value {
@@ -88,7 +77,7 @@ fn a_lock_in_another_database_does_not_stall_the_worker() {
     let answer = buffered_heartbeat(&mut api, &viewer, &webinar);
     let told = answer["last_heartbeat_at"].as_str().unwrap().to_string();
     let flushed = eventually(Duration::from_secs(5), || {
-        stored(&mut admin, &answer["id"]).as_ref() == Some(&told)
+        stored_heartbeat(&mut admin, &answer["id"]).as_ref() == Some(&told)
     });
     holder.batch_execute("ROLLBACK").unwrap();
     drop(other);
@@ -169,7 +158,7 @@ fn the_worker_leaves_promptly_while_it_waits_on_a_lock() {
     let mut admin = cluster.connect("sigterm");
     let told = answer["last_heartbeat_at"].as_str().unwrap().to_string();
     assert!(
-        eventually(Duration::from_secs(10), || stored(
+        eventually(Duration::from_secs(10), || stored_heartbeat(
             &mut admin,
             &answer["id"]
         )
@@ -207,7 +196,7 @@ fn a_clean_stop_keeps_the_heartbeats_of_every_database() {
         // through a flusher); flush_interval is an hour, so ask for it in the other one.
         settle(&mut admin);
         assert_eq!(
-            stored(&mut admin, &answer["id"]).as_deref(),
+            stored_heartbeat(&mut admin, &answer["id"]).as_deref(),
             answer["last_heartbeat_at"].as_str(),
             "{database}: the acknowledged heartbeat was lost across a clean stop"
         );
@@ -278,7 +267,7 @@ fn a_buffered_heartbeat_belongs_to_its_transaction() {
     let (webinar, viewer) = (uuid(13), uuid(1));
     let first = buffered_heartbeat(&mut api, &viewer, &webinar);
     settle(&mut admin);
-    let written = stored(&mut admin, &first["id"]);
+    let written = stored_heartbeat(&mut admin, &first["id"]);
     assert_eq!(written.as_deref(), first["last_heartbeat_at"].as_str());
     std::thread::sleep(Duration::from_millis(5));
 
@@ -295,7 +284,7 @@ fn a_buffered_heartbeat_belongs_to_its_transaction() {
         .unwrap()
         .get(0);
     assert_eq!(flushed, 0, "a rolled-back heartbeat was written");
-    assert_eq!(stored(&mut admin, &first["id"]), written);
+    assert_eq!(stored_heartbeat(&mut admin, &first["id"]), written);
 
     // A transaction with a buffered heartbeat cannot be prepared.
     client.batch_execute("BEGIN").unwrap();
@@ -313,7 +302,7 @@ fn a_buffered_heartbeat_belongs_to_its_transaction() {
         .get(0);
     assert_eq!(prepared, 0);
     settle(&mut admin);
-    assert_eq!(stored(&mut admin, &first["id"]), written);
+    assert_eq!(stored_heartbeat(&mut admin, &first["id"]), written);
 
     // A heartbeat over GET (a READ ONLY transaction) fails with 25006 whether or not the
     // session is buffered, as in direct mode.
@@ -582,27 +571,15 @@ fn a_session_is_not_answered_from_the_buffer_before_its_opening_commit_is_visibl
     assert_eq!(alive["id"], opened["id"], "{alive} after {opened}");
     settle(&mut admin);
     assert_eq!(
-        stored(&mut admin, &alive["id"]).as_deref(),
+        stored_heartbeat(&mut admin, &alive["id"]).as_deref(),
         alive["last_heartbeat_at"].as_str(),
         "the row holds the heartbeat the second call was told"
     );
     // From now on the session is served from the buffer again.
     let mut api = cluster.connect_as("main_db", "authenticator");
-    let before: i64 = admin
-        .query_one(
-            "SELECT buffered_heartbeats FROM webinar_sessions.buffer_stats",
-            &[],
-        )
-        .unwrap()
-        .get(0);
+    let before: i64 = buffer_stat(&mut admin, "buffered_heartbeats");
     call(&mut api, "public.heartbeat", &viewer, &webinar);
-    let after: i64 = admin
-        .query_one(
-            "SELECT buffered_heartbeats FROM webinar_sessions.buffer_stats",
-            &[],
-        )
-        .unwrap()
-        .get(0);
+    let after: i64 = buffer_stat(&mut admin, "buffered_heartbeats");
     assert_eq!(
         after,
         before + 1,
@@ -642,22 +619,10 @@ fn a_transaction_failing_at_commit_keeps_the_heartbeats_of_others() {
         (row.get(0), row.get(1))
     };
     assert_eq!(session(&mut admin, "enter").0, "entered");
-    let buffered_before: i64 = admin
-        .query_one(
-            "SELECT buffered_heartbeats FROM webinar_sessions.buffer_stats",
-            &[],
-        )
-        .unwrap()
-        .get(0);
+    let buffered_before: i64 = buffer_stat(&mut admin, "buffered_heartbeats");
     let (status, told) = session(&mut admin, "heartbeat");
     assert_eq!(status, "alive");
-    let buffered_after: i64 = admin
-        .query_one(
-            "SELECT buffered_heartbeats FROM webinar_sessions.buffer_stats",
-            &[],
-        )
-        .unwrap()
-        .get(0);
+    let buffered_after: i64 = buffer_stat(&mut admin, "buffered_heartbeats");
     assert_eq!(
         buffered_after,
         buffered_before + 1,

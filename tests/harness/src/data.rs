@@ -130,3 +130,27 @@ pub fn worker_pid(client: &mut Client) -> Option<i32> {
         .unwrap()
         .map(|row| row.get(0))
 }
+
+/// One column of `webinar_sessions.buffer_stats`, e.g. `buffered_heartbeats` or `used`.
+pub fn buffer_stat(client: &mut Client, column: &str) -> i64 {
+    client
+        .query_one(
+            &format!("SELECT {column} FROM webinar_sessions.buffer_stats"),
+            &[],
+        )
+        .unwrap()
+        .get(0)
+}
+
+/// The stored last_heartbeat_at of the row `id` (a JSON string, as the API answers it), in the
+/// JSON text form the API answers with.
+pub fn stored_heartbeat(client: &mut Client, id: &Value) -> Option<String> {
+    client
+        .query_one(
+            "SELECT to_jsonb(last_heartbeat_at) #>> '{}'
+               FROM webinar_sessions.webinar_user_sessions WHERE id = $1::text::uuid",
+            &[&id.as_str().expect("a row id")],
+        )
+        .unwrap()
+        .get(0)
+}
