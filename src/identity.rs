@@ -9,6 +9,7 @@
 //! the `role` claim: any signed-in user can write whatever JSON they like into
 //! `request.jwt.claims`, but nobody can `SET ROLE` to a role they are not a member of.
 
+use crate::compat;
 use crate::error::{raise, Error};
 use pgrx::prelude::*;
 use pgrx::PgSqlErrorCode::{ERRCODE_INSUFFICIENT_PRIVILEGE, ERRCODE_INVALID_PARAMETER_VALUE};
@@ -121,7 +122,7 @@ fn caller_may_act_for_others() -> bool {
     unsafe {
         let outer = pg_sys::GetOuterUserId();
         let schema = pg_sys::get_namespace_oid(c"webinar_sessions".as_ptr(), true);
-        if schema != pg_sys::InvalidOid && pg_sys::pg_namespace_ownercheck(schema, outer) {
+        if schema != pg_sys::InvalidOid && compat::owns_schema(schema, outer) {
             return true; // also true for superusers
         }
         let service_role = pg_sys::get_role_oid(c"service_role".as_ptr(), true);

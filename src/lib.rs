@@ -8,6 +8,7 @@
 use pgrx::prelude::*;
 
 mod buffer;
+mod compat;
 mod error;
 mod guc;
 mod identity;

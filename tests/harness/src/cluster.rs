@@ -140,7 +140,27 @@ impl Cluster {
         conf.extend(settings.iter().map(|s| s.to_string()));
         cluster.append_conf(&conf.join("\n"));
         cluster.pg_ctl(&["start", "-w", "-t", "60"]);
+        cluster.check_major_version();
         cluster
+    }
+
+    /// tests/run.sh runs suites on each PostgreSQL major version by putting that version's
+    /// programs first on PATH and naming it in `$WEBINAR_SESSIONS_TEST_PG_MAJOR`: make sure the
+    /// server really is that version, so a wrong PATH cannot pass for a run on it.
+    fn check_major_version(&self) {
+        let Ok(expected) = std::env::var("WEBINAR_SESSIONS_TEST_PG_MAJOR") else {
+            return;
+        };
+        let version: i32 = self
+            .connect("postgres")
+            .query_one("SELECT current_setting('server_version_num')::int", &[])
+            .unwrap()
+            .get(0);
+        assert_eq!(
+            (version / 10000).to_string(),
+            expected,
+            "the server is {version}, not PostgreSQL {expected}"
+        );
     }
 
     pub fn data_dir(&self) -> &Path {
