@@ -86,8 +86,8 @@ if [ $# -eq 0 ]; then
 fi
 
 # PostgreSQL 16 and 18 (PyPI builds that .ci/setup.sh unpacks under $PG_ROOT): the build for
-# each, then the client API, hostile-input, report, worker, buffer and race suites, and the
-# isolation specs. The harness starts its clusters with the first pg_config on PATH and checks
+# each, then the client API, hostile-input, report, analytics, worker, buffer and race suites,
+# and the isolation specs. The harness starts its clusters with the first pg_config on PATH and checks
 # that the server is the version named in WEBINAR_SESSIONS_TEST_PG_MAJOR. The whole suite
 # (upgrades, faults, invariants, splinter, the SQL tests) runs on 15 only.
 PG_ROOT=${WEBINAR_SESSIONS_PG_ROOT:-/opt/webinar_sessions-postgresql}
@@ -98,7 +98,7 @@ if [ $# -eq 0 ]; then
             --no-default-features --features "pg$major pg_test"
         PATH="$PG_ROOT/$major/bin:$PATH" WEBINAR_SESSIONS_TEST_PG_MAJOR=$major \
             cargo test --no-default-features --features "pg$major pg_test" \
-            --test api --test hostile --test report --test worker --test buffer --test races
+            --test api --test hostile --test report --test stats --test worker --test buffer --test races
         isolation_specs "$PG_ROOT/$major/bin/pg_config" "$major"
     done
 fi
