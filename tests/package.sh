@@ -12,8 +12,13 @@ source tests/harness/os_user.sh
 
 scratch=$(mktemp -d /tmp/webinar_sessions-package.XXXXXX)
 data="$scratch/data"
+name=''
 cleanup() {
     "${as_owner[@]}" pg_ctl -D "$data" stop -m immediate >/dev/null 2>&1 || true
+    # A failed run must not leave the package behind (the next install would write over it).
+    if [ -n "$name" ] && dpkg-query -W -f='${Status}' "$name" 2>/dev/null | grep -q "ok installed"; then
+        dpkg -r "$name" >/dev/null || true
+    fi
     rm -rf "$scratch"
 }
 trap cleanup EXIT
@@ -34,9 +39,20 @@ rm -f "$libdir/webinar_sessions.so" "$extdir"/webinar_sessions.control "$extdir"
 installed() { ls "$libdir"/webinar_sessions.so "$extdir"/webinar_sessions* 2>/dev/null || true; }
 [ -z "$(installed)" ] || fail "files of a build are still installed: $(installed)"
 
+dpkg-deb -f "$deb" Depends | grep -q "^postgresql-15, libc6 (>= 2\.[0-9]*)$" ||
+    fail "Depends is '$(dpkg-deb -f "$deb" Depends)'"
 dpkg -i "$deb" >/dev/null
-dpkg -L "$name" | grep -qx "$libdir/webinar_sessions.so" || fail "the package does not own the library"
+owned=$(dpkg -L "$name")
+grep -qx "$libdir/webinar_sessions.so" <<<"$owned" || fail "the package does not own the library"
 [ -f "$extdir/webinar_sessions--$version.sql" ] || fail "no install script for $version"
+# Every upgrade script of the source tree, so that ALTER EXTENSION ... UPDATE works.
+for script in sql/webinar_sessions--*--*.sql; do
+    grep -qx "$extdir/$(basename "$script")" <<<"$owned" || fail "$(basename "$script") is not in the package"
+done
+# The release build: no test functions in the install script, no debugging symbols.
+! grep -q "test_sqlstate_of" "$extdir/webinar_sessions--$version.sql" ||
+    fail "the install script has a test build's objects"
+! readelf -S "$libdir/webinar_sessions.so" | grep -q "\.debug_info" || fail "the library is not stripped"
 
 [ -z "$os_user" ] || chown "$os_user" "$scratch"
 "${as_owner[@]}" initdb -D "$data" -U postgres -A trust --no-sync -E UTF8 >/dev/null

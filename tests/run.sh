@@ -99,6 +99,9 @@ if [ $# -eq 0 ]; then
         PATH="$PG_ROOT/$major/bin:$PATH" WEBINAR_SESSIONS_TEST_PG_MAJOR=$major \
             cargo test --no-default-features --features "pg$major pg_test" \
             --test api --test hostile --test report --test stats --test worker --test buffer --test races
+        # and the client API once more on a server that does not preload the library
+        PATH="$PG_ROOT/$major/bin:$PATH" WEBINAR_SESSIONS_TEST_PG_MAJOR=$major WEBINAR_SESSIONS_TEST_PRELOAD=off \
+            cargo test --no-default-features --features "pg$major pg_test" --test api --test hostile
         isolation_specs "$PG_ROOT/$major/bin/pg_config" "$major"
     done
 fi
