@@ -969,11 +969,7 @@ fn hostile_calls_are_refused_and_change_nothing() {
     seed(&mut admin, &mut api, &webinar, &a, &b);
     let mut before = full_dump(&mut admin);
 
-    let server_version: i32 = admin
-        .query_one("SELECT current_setting('server_version_num')::int", &[])
-        .unwrap()
-        .get(0);
-    let rows = bad_calls(&webinar, &a, &b, server_version);
+    let rows = bad_calls(&webinar, &a, &b, server_version_num(&mut admin));
     let descriptions: BTreeSet<&str> = rows.iter().map(|r| r.what.as_str()).collect();
     assert_eq!(
         descriptions.len(),

@@ -13,10 +13,11 @@ source tests/harness/os_user.sh
 scratch=$(mktemp -d /tmp/webinar_sessions-package.XXXXXX)
 data="$scratch/data"
 name=''
+package_installed() { [ -n "$name" ] && dpkg-query -W -f='${Status}' "$name" 2>/dev/null | grep -q "ok installed"; }
 cleanup() {
     "${as_owner[@]}" pg_ctl -D "$data" stop -m immediate >/dev/null 2>&1 || true
     # A failed run must not leave the package behind (the next install would write over it).
-    if [ -n "$name" ] && dpkg-query -W -f='${Status}' "$name" 2>/dev/null | grep -q "ok installed"; then
+    if package_installed; then
         dpkg -r "$name" >/dev/null || true
     fi
     rm -rf "$scratch"
@@ -32,7 +33,7 @@ extdir=$(pg_config --sharedir)/extension
 echo "package.sh: built $(basename "$deb") ($(du -k "$deb" | cut -f1) kB)"
 
 # Where the build is not installed: no earlier package, no files left by cargo pgrx install.
-if dpkg-query -W -f='${Status}' "$name" 2>/dev/null | grep -q "ok installed"; then
+if package_installed; then
     dpkg -r "$name" >/dev/null
 fi
 rm -f "$libdir/webinar_sessions.so" "$extdir"/webinar_sessions.control "$extdir"/webinar_sessions--*.sql

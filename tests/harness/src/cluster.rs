@@ -151,11 +151,7 @@ impl Cluster {
         let Ok(expected) = std::env::var("WEBINAR_SESSIONS_TEST_PG_MAJOR") else {
             return;
         };
-        let version: i32 = self
-            .connect("postgres")
-            .query_one("SELECT current_setting('server_version_num')::int", &[])
-            .unwrap()
-            .get(0);
+        let version = server_version_num(&mut self.connect("postgres"));
         assert_eq!(
             (version / 10000).to_string(),
             expected,
@@ -270,6 +266,14 @@ impl Cluster {
             let _ = std::fs::remove_dir_all(&self.root);
         }
     }
+}
+
+/// The server's version as a number, e.g. 180006 for 18.6.
+pub fn server_version_num(client: &mut Client) -> i32 {
+    client
+        .query_one("SELECT current_setting('server_version_num')::int", &[])
+        .unwrap()
+        .get(0)
 }
 
 /// Polls `condition` until it holds or `timeout` passes; returns whether it held.
