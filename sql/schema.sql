@@ -120,13 +120,14 @@ CREATE TABLE webinar_sessions.live_counts (
 );
 ALTER TABLE webinar_sessions.live_counts ENABLE ROW LEVEL SECURITY;
 
--- One row per sweep, from the worker or a manual call. The newest 1000 are kept.
+-- One row per sweep: from the worker, a pg_cron job (schedule_sweep) or a manual call. The
+-- newest 1000 are kept.
 CREATE TABLE webinar_sessions.sweep_runs (
     id          uuid        PRIMARY KEY DEFAULT gen_random_uuid(),
     started_at  timestamptz NOT NULL,
     finished_at timestamptz NOT NULL,
     swept       bigint,                -- NULL when the sweep failed
-    source      text        NOT NULL CHECK (source IN ('worker', 'manual')),
+    source      text        NOT NULL CHECK (source IN ('worker', 'cron', 'manual')),
     stale_after interval    NOT NULL,
     error       text,
     CONSTRAINT sweep_runs_outcome CHECK ((swept IS NULL) <> (error IS NULL))

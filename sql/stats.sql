@@ -87,15 +87,16 @@ COMMENT ON VIEW webinar_sessions.watch_time IS
     'Watch time per webinar and viewer: the union of their sessions, so two tabs count once.';
 
 -- One row per webinar. Concurrency counts distinct viewers, not tabs. The heavy part, merging
--- every viewer's sessions and sweeping the edges of their presence in time order, is the
--- Rust aggregate _presence_summary (src/stats.rs): one sort instead of several sorts and
--- window passes, which keeps a webinar with a million session rows well within seconds.
+-- every viewer's sessions and sweeping the edges of their presence in time order, is
+-- _summary_for, one call per webinar. Each edition has its own: the Rust aggregate
+-- _presence_summary after one sort (src/stats.rs), or window functions over two sorts
+-- (hosted/sql/stats.sql). A filter on webinar_id reaches the webinars subquery, so one
+-- webinar's figures read only that webinar's sessions.
 CREATE VIEW webinar_sessions.webinar_stats WITH (security_invoker = true) AS
 WITH summaries AS (
-    SELECT spans.webinar_id,
-           webinar_sessions._presence_summary(spans.user_id, spans.started_at, spans.ended_at) AS s
-      FROM webinar_sessions.audience_spans AS spans
-     GROUP BY spans.webinar_id
+    SELECT webinars.webinar_id, webinar_sessions._summary_for(webinars.webinar_id) AS s
+      FROM (SELECT spans.webinar_id FROM webinar_sessions.session_spans AS spans
+             GROUP BY spans.webinar_id) AS webinars
 ), active AS (
     SELECT a.webinar_id, count(*) AS active_sessions, count(DISTINCT a.user_id) AS active_viewers
       FROM webinar_sessions.active_audience AS a
@@ -113,7 +114,9 @@ SELECT w.webinar_id,
        timestamptz '2000-01-01 00:00:00+00' + w.s[6] * interval '1 microsecond' AS first_entered_at,
        timestamptz '2000-01-01 00:00:00+00' + w.s[7] * interval '1 microsecond' AS last_seen_at
   FROM summaries AS w
-  LEFT JOIN active AS a ON a.webinar_id = w.webinar_id;
+  LEFT JOIN active AS a ON a.webinar_id = w.webinar_id
+ -- A webinar whose every session is a host's has no audience figures.
+ WHERE w.s IS NOT NULL;
 COMMENT ON VIEW webinar_sessions.webinar_stats IS
     'Per webinar, its audience (hosts and presenters left out): viewers, sessions, active now, watch time (union per viewer), peak concurrent distinct viewers.';
 
@@ -156,21 +159,11 @@ BEGIN
 END
 $$;
 
--- A webinar's presence: its sessions merged into each viewer's stretches, by the Rust
--- aggregate _presence_of (src/stats.rs) after one sort. concurrency, retention and attendance
--- read their figures from it, so each costs one pass over the webinar's sessions.
--- (plpgsql, not sql: a sql function passes its result through a tuplestore, and the
--- presence of a big webinar, some tens of MB, would spill it to disk.)
-CREATE FUNCTION webinar_sessions._presence_for(p_webinar_id uuid)
-RETURNS bytea
-LANGUAGE plpgsql STABLE
-AS $$
-BEGIN
-    RETURN (SELECT webinar_sessions._presence_of(s.user_id, s.started_at, s.ended_at)
-              FROM webinar_sessions.audience_spans AS s
-             WHERE s.webinar_id = p_webinar_id);
-END
-$$;
+-- concurrency, retention and attendance read their figures from a webinar's presence,
+-- _presence_for(webinar_id): its sessions merged into each viewer's stretches, as a bytea of
+-- 32-byte records (viewer, start, end; microseconds since 2000 as big-endian int8), sorted by
+-- viewer and start. Each edition builds and reads it its own way (src/stats.rs,
+-- hosted/sql/stats.sql), so each figure costs one pass over the webinar's sessions.
 
 CREATE FUNCTION webinar_sessions._grid_size(p_span interval, p_step interval)
 RETURNS bigint

@@ -3,7 +3,7 @@
 //! argument.
 
 use crate::error::raise;
-use crate::identity::{acting_user, is_nil, truncate};
+use crate::identity::{acting_user, is_nil, quote, truncate};
 use pgrx::prelude::*;
 use pgrx::PgSqlErrorCode::{ERRCODE_INVALID_PARAMETER_VALUE, ERRCODE_NULL_VALUE_NOT_ALLOWED};
 use pgrx::Uuid;
@@ -58,7 +58,10 @@ fn check_session_id<'a>(session_id: Option<&'a str>, name: &str) -> &'a str {
     if let Some(problem) = session_id_problem(session_id) {
         raise(
             ERRCODE_INVALID_PARAMETER_VALUE,
-            format!("{name} {problem} (got {:?})", truncate(session_id, 40)),
+            format!(
+                "{name} {problem} (got {})",
+                quote(&truncate(session_id, 40))
+            ),
         );
     }
     session_id

@@ -13,7 +13,8 @@
 //! * `attendance` clips each viewer's stretches to the window (`_presence_overlap`).
 //!
 //! The merged stretches travel between the aggregate (`_presence_of`) and those functions as
-//! a `bytea` of 32-byte records (viewer, start, end), sorted by viewer and start. Every cost
+//! a `bytea` of 32-byte records (viewer, start, end; big-endian microseconds since 2000, the
+//! layout hosted/sql/stats.sql reads and writes too), sorted by viewer and start. Every cost
 //! is one sort of the sessions plus a pass over the stretches and the grid.
 
 use pgrx::prelude::*;
@@ -159,8 +160,8 @@ fn presence_of_final(mut state: Internal) -> Option<Vec<u8>> {
     let mut bytes = Vec::with_capacity(stretches.len() * RECORD);
     for (user, start, end) in stretches {
         bytes.extend_from_slice(&user);
-        bytes.extend_from_slice(&start.to_le_bytes());
-        bytes.extend_from_slice(&end.to_le_bytes());
+        bytes.extend_from_slice(&start.to_be_bytes());
+        bytes.extend_from_slice(&end.to_be_bytes());
     }
     Some(bytes)
 }
@@ -173,8 +174,8 @@ fn stretches(presence: &[u8]) -> impl Iterator<Item = Span> + '_ {
     }
     presence.chunks_exact(RECORD).map(|r| {
         let user: [u8; 16] = r[..16].try_into().unwrap();
-        let start = i64::from_le_bytes(r[16..24].try_into().unwrap());
-        let end = i64::from_le_bytes(r[24..32].try_into().unwrap());
+        let start = i64::from_be_bytes(r[16..24].try_into().unwrap());
+        let end = i64::from_be_bytes(r[24..32].try_into().unwrap());
         (user, start, end)
     })
 }
@@ -345,6 +346,31 @@ CREATE AGGREGATE webinar_sessions._presence_of(uuid, timestamptz, timestamptz) (
     FINALFUNC = webinar_sessions._presence_of_final,
     FINALFUNC_MODIFY = READ_WRITE
 );
+
+-- What sql/stats.sql asks of an edition: a webinar's summary, and its presence. (plpgsql, not
+-- sql: the views they read are created after them, and a sql function's result would pass
+-- through a tuplestore, which the presence of a big webinar, some tens of MB, would spill.)
+CREATE FUNCTION webinar_sessions._summary_for(p_webinar_id uuid)
+RETURNS double precision[]
+LANGUAGE plpgsql STABLE
+AS $$
+BEGIN
+    RETURN (SELECT webinar_sessions._presence_summary(s.user_id, s.started_at, s.ended_at)
+              FROM webinar_sessions.audience_spans AS s
+             WHERE s.webinar_id = p_webinar_id);
+END
+$$;
+
+CREATE FUNCTION webinar_sessions._presence_for(p_webinar_id uuid)
+RETURNS bytea
+LANGUAGE plpgsql STABLE
+AS $$
+BEGIN
+    RETURN (SELECT webinar_sessions._presence_of(s.user_id, s.started_at, s.ended_at)
+              FROM webinar_sessions.audience_spans AS s
+             WHERE s.webinar_id = p_webinar_id);
+END
+$$;
 "#,
     name = "presence_summary_aggregate",
     requires = [

@@ -471,7 +471,7 @@ fn the_harness_knows_the_type_of_every_argument_of_the_api() {
         .query(
             "SELECT p.oid::regprocedure::text, a.name, format_type(a.type, NULL)
                FROM pg_depend AS d
-               JOIN pg_extension AS e ON e.oid = d.refobjid AND e.extname = 'webinar_sessions'
+               JOIN pg_extension AS e ON e.oid = d.refobjid AND e.extname = $1
                JOIN pg_proc AS p ON p.oid = d.objid AND d.classid = 'pg_proc'::regclass
               CROSS JOIN LATERAL unnest(coalesce(p.proallargtypes, p.proargtypes::oid[]),
                                         p.proargnames, p.proargmodes) AS a(type, name, mode)
@@ -479,7 +479,7 @@ fn the_harness_knows_the_type_of_every_argument_of_the_api() {
                 -- not the internal functions, nor the helpers of the #[pg_test] build
                 AND p.proname NOT LIKE '\\_%' AND p.proname NOT LIKE 'test\\_%'
                 AND coalesce(a.mode, 'i') IN ('i', 'b', 'v') AND a.name IS NOT NULL",
-            &[],
+            &[&extension_name()],
         )
         .unwrap();
     assert!(
@@ -552,4 +552,53 @@ fn temporary_types_cannot_hijack_the_definers() {
         .unwrap()
         .get(0);
     assert!(!superuser);
+}
+
+/// The extension's objects as one line each: every function with its arguments, result,
+/// kind and privileges, every table, view and type with its columns and privileges. With
+/// `$WEBINAR_SESSIONS_TEST_CATALOG_OUT` set it is written there, and tests/run.sh compares the
+/// Rust build's with the hosted edition's (hosted/README.md lists what may differ).
+#[test]
+fn the_objects_of_the_extension() {
+    let (mut admin, _) = database("objects");
+    let lines: Vec<String> = admin
+        .query(
+            "WITH members AS (
+                 SELECT d.classid, d.objid FROM pg_depend AS d
+                   JOIN pg_extension AS e ON e.oid = d.refobjid AND e.extname = $1
+                  WHERE d.refclassid = 'pg_extension'::regclass AND d.deptype = 'e')
+             SELECT format('function %s -> %s %s %s', p.oid::regprocedure, pg_get_function_result(p.oid),
+                           p.prokind, coalesce(p.proacl::text, 'default'))
+               FROM members AS m JOIN pg_proc AS p ON m.classid = 'pg_proc'::regclass AND p.oid = m.objid
+              -- not the helpers of the #[pg_test] build
+              WHERE p.proname NOT LIKE 'test\\_%' AND p.pronamespace::regnamespace::text <> 'tests'
+             UNION ALL
+             SELECT format('%s %s (%s) %s', CASE c.relkind WHEN 'r' THEN 'table' WHEN 'v' THEN 'view' ELSE c.relkind::text END,
+                           c.oid::regclass,
+                           (SELECT string_agg(a.attname || ' ' || format_type(a.atttypid, a.atttypmod), ', ' ORDER BY a.attnum)
+                              FROM pg_attribute AS a WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped),
+                           coalesce(c.relacl::text, 'default'))
+               FROM members AS m JOIN pg_class AS c ON m.classid = 'pg_class'::regclass AND c.oid = m.objid
+             UNION ALL
+             SELECT format('type %s', t.oid::regtype)
+               FROM members AS m JOIN pg_type AS t ON m.classid = 'pg_type'::regclass AND t.oid = m.objid
+             UNION ALL
+             SELECT format('schema %s', n.nspname)
+               FROM members AS m JOIN pg_namespace AS n ON m.classid = 'pg_namespace'::regclass AND n.oid = m.objid
+              WHERE n.nspname <> 'tests'
+             ORDER BY 1",
+            &[&extension_name()],
+        )
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    let functions = lines.iter().filter(|l| l.starts_with("function ")).count();
+    assert!(functions >= 40, "only {functions} functions: {lines:#?}");
+    assert!(lines
+        .iter()
+        .any(|l| l.starts_with("view webinar_sessions.webinar_stats (")));
+    if let Ok(path) = std::env::var("WEBINAR_SESSIONS_TEST_CATALOG_OUT") {
+        std::fs::write(path, lines.join("\n") + "\n").unwrap();
+    }
 }

@@ -978,6 +978,8 @@ fn hostile_calls_are_refused_and_change_nothing() {
     );
     let mut failures = Vec::new();
     let mut sent = 0;
+    // Every answer in full, for tests/run.sh to compare the two editions' word for word.
+    let mut answers = String::new();
     for row in &rows {
         sent += 1;
         match rpc_rows(
@@ -989,6 +991,13 @@ fn hostile_calls_are_refused_and_change_nothing() {
         ) {
             Ok(value) => failures.push(format!("{}: succeeded with {value}", row.what)),
             Err(e) => {
+                answers += &format!(
+                    "{}\t{}\t{:?}\t{:?}\n",
+                    row.what,
+                    e.code().code(),
+                    e.message(),
+                    e.hint()
+                );
                 if e.code().code() != row.code || !e.message().contains(&row.mention) {
                     failures.push(format!(
                         "{}: expected {} containing {:?}, got {} {:?}",
@@ -1008,6 +1017,9 @@ fn hostile_calls_are_refused_and_change_nothing() {
         }
     }
     println!("bad calls sent: {sent}");
+    if let Ok(path) = std::env::var("WEBINAR_SESSIONS_TEST_ANSWERS_OUT") {
+        std::fs::write(path, answers).unwrap();
+    }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
     assert!(sent >= 50, "only {sent} bad calls");
 }

@@ -103,7 +103,7 @@ fn dump_and_restore_keep_every_session() {
     let port = cluster.port.to_string();
     let pg = |program: &str, args: &[&str]| {
         let out = Command::new(format!("/usr/lib/postgresql/15/bin/{program}"))
-            .args(["-h", "127.0.0.1", "-p", &port, "-U", SUPERUSER])
+            .args(["-h", "127.0.0.1", "-p", &port, "-U", superuser()])
             .args(args)
             .output()
             .unwrap();
@@ -162,7 +162,7 @@ fn connect_with_notices(
     use std::str::FromStr;
     let notices = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
     let sink = notices.clone();
-    let client = postgres::Config::from_str(&cluster.url(database, SUPERUSER))
+    let client = postgres::Config::from_str(&cluster.url(database, superuser()))
         .unwrap()
         .notice_callback(move |notice| sink.lock().unwrap().push(notice.message().to_string()))
         .connect(postgres::NoTls)

@@ -174,7 +174,7 @@ fn run_load(
     }
     // The sweeper and flusher: sweeps with a tiny stale_after, so that sessions are swept
     // while their clients heartbeat.
-    let url = cluster.url(database, SUPERUSER);
+    let url = cluster.url(database, superuser());
     let (stop_sweeper, crashed_sweeper) = (stop.clone(), crashed.clone());
     let sweeper = std::thread::spawn(move || {
         let mut rng = Rng(42);

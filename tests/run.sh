@@ -51,10 +51,42 @@ export WEBINAR_SESSIONS_TEST_PG_MAJOR=15
 # Everything, with heartbeat_mode at its default for a preloaded library: buffered.
 cargo pgrx test pg15 "${runas[@]}" --pgdata "$scratch/pgrx-data" "$@"
 
-# The suites of the client API once more with heartbeat_mode = direct.
+# The suites of the client API once more with heartbeat_mode = direct. They also write the
+# extension's objects and every answer to the hostile-input table, for the hosted edition's
+# comparison below.
 if [ $# -eq 0 ]; then
-    WEBINAR_SESSIONS_TEST_HEARTBEAT_MODE=direct cargo test --no-default-features --features "pg15 pg_test" \
+    WEBINAR_SESSIONS_TEST_HEARTBEAT_MODE=direct WEBINAR_SESSIONS_TEST_CATALOG_OUT="$scratch/objects-rust.txt" \
+        WEBINAR_SESSIONS_TEST_ANSWERS_OUT="$scratch/answers-rust.tsv" \
+        cargo test --no-default-features --features "pg15 pg_test" \
         --test api --test hostile --test stats --test worker
+fi
+
+# The SQL-only edition for hosted Supabase (hosted/): packaged by hosted/package.sh, installed
+# through pg_tle by `postgres`, which is not a superuser, in clusters with Supabase's roles and
+# pg_cron. The client API, hostile-input, analytics, report and pg_cron suites run on it (not
+# the report's worker test: there is no worker). Then its objects must differ from the Rust
+# build's by exactly hosted/edition-differences.txt, and its answers to the hostile table must
+# be the Rust build's word for word (but for the duration a microsecond-bucket message quotes,
+# which depends on when the data was written).
+if [ $# -eq 0 ]; then
+    echo "== hosted edition (pg_tle)"
+    hosted/package.sh "$scratch/hosted"
+    chmod -R a+rX "$scratch/hosted"
+    WEBINAR_SESSIONS_TEST_EDITION=hosted WEBINAR_SESSIONS_TEST_HOSTED_DIR="$scratch/hosted" \
+        WEBINAR_SESSIONS_TEST_CATALOG_OUT="$scratch/objects-hosted.txt" \
+        WEBINAR_SESSIONS_TEST_ANSWERS_OUT="$scratch/answers-hosted.tsv" \
+        cargo test --no-default-features --features "pg15 pg_test" \
+        --test api --test hostile --test stats --test report --test cron \
+        -- --skip the_worker_refreshes_the_live_counts_after_its_flushes
+    comm -3 "$scratch/objects-rust.txt" "$scratch/objects-hosted.txt" |
+        sed 's/^\t/hosted only: /; t; s/^/rust only: /' |
+        diff -u hosted/edition-differences.txt - ||
+        { echo "run.sh: the editions' objects differ otherwise than hosted/edition-differences.txt says" >&2; exit 1; }
+    normalize() { sed -E 's/ over [0-9:.]+ gives [0-9]+ buckets/ over (span) gives (n) buckets/' "$1"; }
+    diff -u <(normalize "$scratch/answers-rust.tsv") <(normalize "$scratch/answers-hosted.tsv") ||
+        { echo "run.sh: the editions answer the hostile-input table differently" >&2; exit 1; }
+    echo "run.sh: hosted edition: objects as documented, $(wc -l <"$scratch/answers-hosted.tsv") bad calls answered alike"
+    tests/splinter.sh --hosted "$scratch/hosted"
 fi
 
 # And once more on a server that does not preload the library: CREATE EXTENSION loads it

@@ -6,8 +6,14 @@
 # if any finding names an object of the extension. A canary database with a deliberately bad
 # table must be reported too, or the linter did not run. Installs node, npm and the CLI (into a
 # cache outside the checkout) when they are missing; the extension must already be installed
-# (tests/run.sh does it).
+# (tests/run.sh does it). With --hosted DIR, the SQL-only edition that hosted/package.sh wrote
+# into DIR instead, installed as on hosted Supabase: pg_tle preloaded, and `postgres`, not a
+# superuser, installing it with pgtle.install_extension.
 set -euo pipefail
+hosted=
+if [ "${1:-}" = --hosted ]; then
+    hosted=$(cd "$2" && pwd)
+fi
 cd "$(dirname "$0")/.."
 
 cli_version=2.117.0
@@ -58,13 +64,15 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 [ ${#as_owner[@]} -eq 0 ] || chown "$os_user" "$scratch"
 chmod 700 "$scratch"
-"${as_owner[@]}" "$pgbin/initdb" -D "$data" -A trust -U postgres -E UTF8 --locale=C --no-sync >"$scratch/initdb.log" 2>&1 ||
+superuser=postgres preload=webinar_sessions
+[ -z "$hosted" ] || { superuser=supabase_admin preload=pg_tle; }
+"${as_owner[@]}" "$pgbin/initdb" -D "$data" -A trust -U "$superuser" -E UTF8 --locale=C --no-sync >"$scratch/initdb.log" 2>&1 ||
     { cat "$scratch/initdb.log" >&2; exit 1; }
 cat >>"$data/postgresql.conf" <<EOF
 listen_addresses = '127.0.0.1'
 unix_socket_directories = '$scratch'
 fsync = off
-shared_preload_libraries = 'webinar_sessions'
+shared_preload_libraries = '$preload'
 webinar_sessions.sweeper_enabled = off
 EOF
 port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
@@ -78,7 +86,7 @@ for _ in 1 2 3 4 5 6 7 8 9 10; do
 done
 [ -n "$started" ] || { echo "splinter: the cluster did not start" >&2; cat "$scratch/server.log" >&2; exit 1; }
 
-psql=("$pgbin/psql" -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$port" -U postgres)
+psql=("$pgbin/psql" -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$port" -U "$superuser")
 "${psql[@]}" -d postgres -f tests/supabase_roles.sql
 # Supabase's default privileges: what postgres creates in public is granted to its API roles
 # (privileges.sql takes the extension's functions back from anon).
@@ -88,11 +96,26 @@ ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT ALL ON TABLES TO anon, authentic
 ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT ALL ON SEQUENCES TO anon, authenticated, service_role;
 ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT ALL ON FUNCTIONS TO anon, authenticated, service_role;"
 "${psql[@]}" -d postgres -c 'CREATE DATABASE webinar_lint' -c 'CREATE DATABASE canary_lint'
-"${psql[@]}" -d webinar_lint -c "$supabase_defaults" -c 'CREATE EXTENSION webinar_sessions'
+if [ -z "$hosted" ]; then
+    "${psql[@]}" -d webinar_lint -c "$supabase_defaults" -c 'CREATE EXTENSION webinar_sessions'
+    extname=webinar_sessions
+else
+    extname='acme@webinar_sessions'
+    "${psql[@]}" -d postgres -c 'CREATE ROLE postgres LOGIN CREATEROLE CREATEDB'
+    "${psql[@]}" -d webinar_lint -c 'CREATE EXTENSION pg_tle' -c 'GRANT pgtle_admin TO postgres' \
+        -c 'GRANT CREATE ON DATABASE webinar_lint TO postgres' -c 'GRANT ALL ON SCHEMA public TO postgres'
+    version=$(sed -n "s/^default_version = '\(.*\)'/\1/p" "$hosted/webinar_sessions.control")
+    "${psql[@]}" -U postgres -d webinar_lint -c "$supabase_defaults" \
+        -v script="$(cat "$hosted/webinar_sessions--$version.sql")" -v extname="$extname" -v version="$version" -f - <<'SQL'
+SELECT pgtle.install_extension(:'extname', :'version', 'webinar_sessions', :'script', NULL);
+CREATE SCHEMA webinar_sessions;
+CREATE EXTENSION :"extname" SCHEMA webinar_sessions;
+SQL
+fi
 # The canary: a table in public that anon can read, without row-level security.
 "${psql[@]}" -d canary_lint -c "$supabase_defaults" \
     -c 'CREATE TABLE public.lint_canary (id int, password text)' -c 'GRANT SELECT ON public.lint_canary TO anon'
-extversion=$("${psql[@]}" -d webinar_lint -tA -c "SELECT extversion FROM pg_extension WHERE extname = 'webinar_sessions'")
+extversion=$("${psql[@]}" -d webinar_lint -tA -c "SELECT extversion FROM pg_extension WHERE extname = '$extname'")
 
 # Lints both databases under one setting of pgrst.db_schemas ('' = unset); the JSON goes to
 # $scratch/<setup>-<db>.json.
@@ -107,7 +130,7 @@ lint() {
         got=$("${psql[@]}" -d "$db" -tA -c "SELECT coalesce(current_setting('pgrst.db_schemas', true), '')")
         [ "$got" = "$schemas" ] || { echo "splinter: pgrst.db_schemas is '$got', not '$schemas'" >&2; exit 1; }
         (cd "$scratch" && timeout 300 "$cli" db advisors \
-            --db-url "postgresql://postgres@127.0.0.1:$port/$db?sslmode=disable" \
+            --db-url "postgresql://$superuser@127.0.0.1:$port/$db?sslmode=disable" \
             --type all --level info --fail-on none --output-format json \
             >"$scratch/$setup-$db.json" 2>"$scratch/$setup-$db.err") ||
             { echo "splinter: supabase db advisors failed on $db ($setup):" >&2; cat "$scratch/$setup-$db.err" >&2; exit 1; }

@@ -542,19 +542,22 @@ fn analytics_edge_inputs_end_in_clean_errors() {
         ),
         "22023"
     );
-    // Both aggregates in one query each see every session.
-    let row = client
-        .query_one(
-            &format!(
-                "SELECT (webinar_sessions._presence_summary(user_id, started_at, ended_at))[2]::bigint,
-                        length(webinar_sessions._presence_of(user_id, started_at, ended_at))
-                   FROM webinar_sessions.session_spans WHERE webinar_id = '{}'",
-                uuid(7_001)
-            ),
-            &[],
-        )
-        .unwrap();
-    assert_eq!((row.get::<_, i64>(0), row.get::<_, i32>(1)), (1, 32));
+    // Both aggregates in one query each see every session (the Rust build's; the hosted
+    // edition has none: src/stats.rs).
+    if edition() == Edition::Rust {
+        let row = client
+            .query_one(
+                &format!(
+                    "SELECT (webinar_sessions._presence_summary(user_id, started_at, ended_at))[2]::bigint,
+                            length(webinar_sessions._presence_of(user_id, started_at, ended_at))
+                       FROM webinar_sessions.session_spans WHERE webinar_id = '{}'",
+                    uuid(7_001)
+                ),
+                &[],
+            )
+            .unwrap();
+        assert_eq!((row.get::<_, i64>(0), row.get::<_, i32>(1)), (1, 32));
+    }
     // An infinite session time (the table allows it): 22008, as the SQL it replaced.
     client
         .batch_execute(&format!(

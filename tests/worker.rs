@@ -200,9 +200,10 @@ fn the_worker_comes_back_after_sigterm_and_after_a_crash() {
     // The postmaster ends every session while it resets: ask on a fresh connection each time,
     // and count a refused or dropped one as "not yet".
     let restarted = eventually(Duration::from_secs(15), || {
-        let asked = postgres::Client::connect(&cluster.url("postgres", SUPERUSER), postgres::NoTls)
-            .ok()
-            .and_then(|mut fresh| fresh.query_opt(WORKER_PID, &[]).ok());
+        let asked =
+            postgres::Client::connect(&cluster.url("postgres", superuser()), postgres::NoTls)
+                .ok()
+                .and_then(|mut fresh| fresh.query_opt(WORKER_PID, &[]).ok());
         asked
             .flatten()
             .is_some_and(|row| row.get::<_, i32>(0) != second)

@@ -8,7 +8,53 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-pub const SUPERUSER: &str = "postgres";
+/// Which build of the extension the clusters run: the Rust library (the default), or the
+/// SQL-only edition for hosted Supabase, installed through pg_tle from the package that
+/// `hosted/package.sh` wrote into `$WEBINAR_SESSIONS_TEST_HOSTED_DIR`
+/// (`WEBINAR_SESSIONS_TEST_EDITION=hosted`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Edition {
+    Rust,
+    Hosted,
+}
+
+pub fn edition() -> Edition {
+    match std::env::var("WEBINAR_SESSIONS_TEST_EDITION").as_deref() {
+        Ok("hosted") => Edition::Hosted,
+        Ok("rust") | Err(_) => Edition::Rust,
+        Ok(other) => panic!("WEBINAR_SESSIONS_TEST_EDITION={other}: rust or hosted"),
+    }
+}
+
+/// The cluster's superuser. In the hosted edition, as on hosted Supabase, `postgres` is an
+/// ordinary role (with pgtle_admin) that installs and owns the extension.
+pub fn superuser() -> &'static str {
+    match edition() {
+        Edition::Rust => "postgres",
+        Edition::Hosted => "supabase_admin",
+    }
+}
+
+/// The extension's name in pg_extension: the hosted edition is installed under a
+/// database.dev-style name, `<handle>@webinar_sessions`, as `dbdev.install()` names it.
+pub fn extension_name() -> &'static str {
+    match edition() {
+        Edition::Rust => "webinar_sessions",
+        Edition::Hosted => HOSTED_EXTENSION,
+    }
+}
+
+pub const HOSTED_EXTENSION: &str = "acme@webinar_sessions";
+
+/// What hosted Supabase has and the Rust build does not need: the role that installs
+/// extensions, pg_tle and pg_cron (pg_cron lives in the postgres database only).
+const HOSTED_ROLES: &str = "
+    CREATE ROLE postgres LOGIN CREATEROLE CREATEDB;
+    CREATE EXTENSION pg_tle;
+    CREATE EXTENSION pg_cron;
+    GRANT pgtle_admin TO postgres;
+    GRANT USAGE ON SCHEMA cron TO postgres;
+";
 
 /// Supabase's roles (see the file for what each is for).
 pub const SUPABASE_ROLES: &str = include_str!("../../supabase_roles.sql");
@@ -106,7 +152,7 @@ impl Cluster {
                     "-D",
                     data.to_str().unwrap(),
                     "-U",
-                    SUPERUSER,
+                    superuser(),
                     "-A",
                     "trust",
                     "--no-sync",
@@ -130,7 +176,9 @@ impl Cluster {
         ];
         // tests/run.sh runs the client API suites once more on a server that does not preload
         // the library (CREATE EXTENSION then loads it late, as on a managed PostgreSQL).
-        if std::env::var("WEBINAR_SESSIONS_TEST_PRELOAD").as_deref() != Ok("off") {
+        if edition() == Edition::Hosted {
+            conf.push("shared_preload_libraries = 'pg_tle, pg_cron'".into());
+        } else if std::env::var("WEBINAR_SESSIONS_TEST_PRELOAD").as_deref() != Ok("off") {
             conf.push("shared_preload_libraries = 'webinar_sessions'".into());
         }
         // tests/run.sh runs the API suites once per heartbeat mode.
@@ -141,6 +189,12 @@ impl Cluster {
         cluster.append_conf(&conf.join("\n"));
         cluster.pg_ctl(&["start", "-w", "-t", "60"]);
         cluster.check_major_version();
+        if edition() == Edition::Hosted {
+            cluster
+                .connect("postgres")
+                .batch_execute(&format!("{SUPABASE_ROLES}\n{HOSTED_ROLES}"))
+                .expect("Supabase's roles, pg_tle and pg_cron");
+        }
         cluster
     }
 
@@ -211,7 +265,7 @@ impl Cluster {
     }
 
     pub fn connect(&self, database: &str) -> Client {
-        self.connect_as(database, SUPERUSER)
+        self.connect_as(database, superuser())
     }
 
     /// A new database with Supabase's roles (cluster-wide, created once) and the extension.
@@ -232,11 +286,57 @@ impl Cluster {
             .batch_execute(&format!("CREATE DATABASE {database}"))
             .unwrap();
         let mut client = self.connect(database);
-        client
-            .batch_execute("CREATE EXTENSION webinar_sessions")
-            .unwrap();
+        match edition() {
+            Edition::Rust => client
+                .batch_execute("CREATE EXTENSION webinar_sessions")
+                .unwrap(),
+            Edition::Hosted => self.install_hosted(&mut client, database),
+        }
         client
     }
+
+    /// Installs the hosted edition into `database` the way hosted Supabase does: pg_tle is
+    /// there (the superuser created it), and `postgres`, not a superuser, registers the
+    /// package with pgtle.install_extension (as dbdev.install() does) and creates the
+    /// extension in its own schema (hosted/README.md).
+    pub fn install_hosted(&self, admin: &mut Client, database: &str) {
+        admin
+            .batch_execute(&format!(
+                "CREATE EXTENSION IF NOT EXISTS pg_tle;
+                 GRANT CREATE ON DATABASE {database} TO postgres;
+                 GRANT ALL ON SCHEMA public TO postgres;"
+            ))
+            .unwrap();
+        let (version, script) = hosted_package();
+        let mut owner = self.connect_as(database, "postgres");
+        owner
+            .execute(
+                "SELECT pgtle.install_extension($1, $2, 'webinar_sessions (test)', $3, NULL)",
+                &[&HOSTED_EXTENSION, &version, &script],
+            )
+            .unwrap();
+        owner
+            .batch_execute(&format!(
+                "CREATE SCHEMA webinar_sessions;
+                 CREATE EXTENSION \"{HOSTED_EXTENSION}\" SCHEMA webinar_sessions"
+            ))
+            .unwrap();
+    }
+}
+
+/// The hosted package's default version and install script.
+pub fn hosted_package() -> (String, String) {
+    let dir = std::env::var("WEBINAR_SESSIONS_TEST_HOSTED_DIR")
+        .expect("WEBINAR_SESSIONS_TEST_HOSTED_DIR names the folder hosted/package.sh wrote");
+    let control = std::fs::read_to_string(format!("{dir}/webinar_sessions.control")).unwrap();
+    let version = control
+        .lines()
+        .find_map(|l| l.strip_prefix("default_version = '"))
+        .and_then(|v| v.strip_suffix('\''))
+        .expect("default_version in the control file")
+        .to_string();
+    let script = std::fs::read_to_string(format!("{dir}/webinar_sessions--{version}.sql")).unwrap();
+    (version, script)
 }
 
 impl Drop for Cluster {
@@ -352,7 +452,7 @@ impl Cluster {
                     "-p",
                     &port,
                     "-U",
-                    SUPERUSER,
+                    superuser(),
                     "-R",
                     "-X",
                     "stream",

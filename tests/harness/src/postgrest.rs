@@ -21,6 +21,7 @@ pub const ARGUMENT_TYPES: &[(&str, &str)] = &[
     ("webinar_ids", "uuid[]"),
     ("user_ids", "uuid[]"),
     ("session_ids", "text[]"),
+    ("schedule", "text"),
     ("stale_after", "interval"),
     ("bucket", "interval"),
     ("starts_at", "timestamptz"),

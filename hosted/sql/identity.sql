@@ -1,0 +1,323 @@
+-- webinar_sessions, SQL-only edition: what src/identity.rs, src/input.rs and the settings of
+-- src/guc.rs do in the Rust build, in SQL and plpgsql. Same names, arguments, results,
+-- SQLSTATEs and messages (tests/hosted.sh compares both editions' answers to the hostile-input
+-- table). Loaded before sql/schema.sql, whose row-level security policy calls
+-- current_user_id().
+--
+-- No SET search_path on these: they run on every heartbeat, and their callers are this
+-- schema's SECURITY DEFINER functions, which pin it. Every name is qualified.
+
+-- `text` in double quotes for a message: \\, \", \t, \n, \r, and \u{hex} for other control
+-- characters (identity::quote in the Rust build).
+CREATE FUNCTION webinar_sessions._quote(p_text text)
+RETURNS text
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
+AS $$
+DECLARE
+    v_out text := '"';
+    v_char text;
+    v_code integer;
+BEGIN
+    FOR i IN 1..pg_catalog.length(p_text) LOOP
+        v_char := pg_catalog.substr(p_text, i, 1);
+        v_code := pg_catalog.ascii(v_char);
+        v_out := v_out || CASE
+            WHEN v_char = '\' THEN '\\'
+            WHEN v_char = '"' THEN '\"'
+            WHEN v_code = 9 THEN '\t'
+            WHEN v_code = 10 THEN '\n'
+            WHEN v_code = 13 THEN '\r'
+            WHEN v_code < 32 OR v_code BETWEEN 127 AND 159 THEN '\u{' || pg_catalog.to_hex(v_code) || '}'
+            ELSE v_char END;
+    END LOOP;
+    RETURN v_out || '"';
+END
+$$;
+
+-- The first max characters of text, and "..." when there were more (identity::truncate).
+CREATE FUNCTION webinar_sessions._truncate(p_text text, p_max integer)
+RETURNS text
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+AS $$
+    SELECT CASE WHEN pg_catalog.length(p_text) > p_max THEN pg_catalog.left(p_text, p_max) || '...'
+                ELSE p_text END;
+$$;
+
+-- What the request's claims say about the caller (identity::claimed_caller): kind 'user'
+-- with user_id, 'nobody' (no claims, or no sub), or 'invalid' with why.
+CREATE FUNCTION webinar_sessions._claimed_caller(OUT kind text, OUT user_id uuid, OUT why text)
+LANGUAGE plpgsql STABLE PARALLEL SAFE
+AS $$
+DECLARE
+    -- Rust's str::trim: Unicode White_Space. An empty setting is what a transaction-local
+    -- value leaves behind after its transaction.
+    v_space constant text := E' \t\n\r\f\u000b\u0085\u00a0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000';
+    v_text text := pg_catalog.current_setting('request.jwt.claims', true);
+    v_claims jsonb;
+    v_sub text;
+BEGIN
+    IF v_text IS NULL OR pg_catalog.btrim(v_text, v_space) = '' THEN
+        -- PostgREST before v9 set the sub claim alone.
+        v_sub := pg_catalog.current_setting('request.jwt.claim.sub', true);
+        IF v_sub IS NULL OR pg_catalog.btrim(v_sub, v_space) = '' THEN
+            kind := 'nobody';
+            RETURN;
+        END IF;
+    ELSE
+        BEGIN
+            v_claims := v_text::jsonb;
+        EXCEPTION WHEN OTHERS THEN
+            kind := 'invalid';
+            why := 'request.jwt.claims is not valid JSON';
+            RETURN;
+        END;
+        IF pg_catalog.jsonb_typeof(v_claims) <> 'object' THEN
+            kind := 'invalid';
+            why := 'request.jwt.claims is not a JSON object';
+            RETURN;
+        END IF;
+        CASE coalesce(pg_catalog.jsonb_typeof(v_claims -> 'sub'), 'null')
+        WHEN 'null' THEN
+            kind := 'nobody';
+            RETURN;
+        WHEN 'string' THEN
+            v_sub := v_claims ->> 'sub';
+        ELSE
+            kind := 'invalid';
+            why := 'the sub claim is not a string';
+            RETURN;
+        END CASE;
+    END IF;
+    -- The two spellings a JWT sub takes: 8-4-4-4-12 hex digits, or 32 without hyphens.
+    IF v_sub ~ '^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$'
+       OR v_sub ~ '^[0-9a-fA-F]{32}$' THEN
+        user_id := v_sub::uuid;
+        IF user_id = '00000000-0000-0000-0000-000000000000' THEN
+            kind := 'invalid';
+            user_id := NULL;
+            why := 'the sub claim is the nil uuid';
+        ELSE
+            kind := 'user';
+        END IF;
+    ELSE
+        kind := 'invalid';
+        why := 'the sub claim ' || webinar_sessions._quote(webinar_sessions._truncate(v_sub, 64)) || ' is not a uuid';
+    END IF;
+END
+$$;
+
+-- The signed-in caller's user id (the sub claim), or NULL when there is none. The row-level
+-- security policy compares rows against it; it never raises.
+CREATE FUNCTION webinar_sessions.current_user_id()
+RETURNS uuid
+LANGUAGE sql STABLE PARALLEL SAFE
+AS $$
+    SELECT CASE WHEN c.kind = 'user' THEN c.user_id END FROM webinar_sessions._claimed_caller() AS c;
+$$;
+
+-- May the caller act for any user? True for superusers, the extension's owner and members of
+-- service_role, judged by the role chosen with SET ROLE (or the session's user), which a
+-- SECURITY DEFINER function does not change: the Rust build's GetOuterUserId().
+CREATE FUNCTION webinar_sessions._caller_is_service()
+RETURNS boolean
+LANGUAGE plpgsql STABLE PARALLEL SAFE
+AS $$
+DECLARE
+    v_role text := pg_catalog.current_setting('role');
+    v_outer name := CASE WHEN v_role = 'none' THEN session_user ELSE v_role END;
+    v_owner oid := (SELECT n.nspowner FROM pg_catalog.pg_namespace AS n WHERE n.nspname = 'webinar_sessions');
+BEGIN
+    RETURN (v_owner IS NOT NULL AND pg_catalog.pg_has_role(v_outer, v_owner, 'USAGE'))
+        OR (pg_catalog.to_regrole('service_role') IS NOT NULL
+            AND pg_catalog.pg_has_role(v_outer, 'service_role', 'USAGE'));
+END
+$$;
+
+-- Why a session id is unacceptable, with the value quoted; NULL when it is fine
+-- (input::session_id_problem).
+CREATE FUNCTION webinar_sessions._session_id_problem(p_session_id text)
+RETURNS text
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
+AS $$
+DECLARE
+    v_length integer := pg_catalog.length(p_session_id);
+    v_at integer;
+    v_problem text;
+BEGIN
+    IF v_length = 0 THEN
+        v_problem := 'must not be empty';
+    ELSIF v_length > 128 THEN
+        v_problem := 'is ' || v_length || ' characters long; at most 128 are allowed';
+    ELSE
+        -- Rust's char::is_control: the C0 and C1 controls (text cannot hold U+0000).
+        v_at := pg_catalog.regexp_instr(p_session_id, '[\u0001-\u001f\u007f-\u009f]');
+        IF v_at = 0 THEN
+            RETURN NULL;
+        END IF;
+        v_problem := 'must not contain control characters (U+'
+            || pg_catalog.upper(pg_catalog.lpad(pg_catalog.to_hex(pg_catalog.ascii(pg_catalog.substr(p_session_id, v_at, 1))), 4, '0'))
+            || ' at character ' || v_at || ')';
+    END IF;
+    RETURN v_problem || ' (got ' || webinar_sessions._quote(webinar_sessions._truncate(p_session_id, 40)) || ')';
+END
+$$;
+
+-- Checks the arguments of enter / heartbeat / leave and returns the user the call acts for
+-- (input::checked_user and identity::acting_user).
+CREATE FUNCTION webinar_sessions._checked_user(webinar_id uuid, session_id text, user_id uuid)
+RETURNS uuid
+LANGUAGE plpgsql STABLE PARALLEL SAFE
+AS $$
+DECLARE
+    v_me record;
+BEGIN
+    IF webinar_id IS NULL THEN
+        RAISE EXCEPTION 'webinar_id must not be null' USING ERRCODE = 'null_value_not_allowed';
+    ELSIF webinar_id = '00000000-0000-0000-0000-000000000000' THEN
+        RAISE EXCEPTION 'webinar_id must not be the nil uuid' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF session_id IS NULL THEN
+        RAISE EXCEPTION 'session_id must not be null' USING ERRCODE = 'null_value_not_allowed';
+    ELSIF NOT (pg_catalog.length(session_id) BETWEEN 1 AND 128
+               AND session_id !~ '[\u0001-\u001f\u007f-\u009f]') THEN
+        RAISE EXCEPTION 'session_id %', webinar_sessions._session_id_problem(session_id)
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+
+    SELECT * INTO v_me FROM webinar_sessions._claimed_caller();
+    IF user_id IS NOT NULL THEN
+        IF v_me.kind = 'user' AND v_me.user_id = user_id THEN
+            RETURN user_id;
+        ELSIF webinar_sessions._caller_is_service() THEN
+            IF user_id = '00000000-0000-0000-0000-000000000000' THEN
+                RAISE EXCEPTION 'user_id must not be the nil uuid' USING ERRCODE = 'invalid_parameter_value';
+            END IF;
+            RETURN user_id;
+        ELSIF v_me.kind = 'user' THEN
+            RAISE EXCEPTION 'user_id names another user' USING ERRCODE = 'insufficient_privilege',
+                HINT = 'Only service_role may act for other users; leave user_id out to act for yourself.';
+        ELSE
+            RAISE EXCEPTION 'user_id may be given only by service_role or for the caller''s own id'
+                USING ERRCODE = 'insufficient_privilege';
+        END IF;
+    END IF;
+    CASE v_me.kind
+    WHEN 'user' THEN
+        RETURN v_me.user_id;
+    WHEN 'nobody' THEN
+        RAISE EXCEPTION 'no caller identity: request.jwt.claims has no sub claim'
+            USING ERRCODE = 'insufficient_privilege', HINT = 'Sign in, or call as service_role with user_id.';
+    ELSE
+        RAISE EXCEPTION 'no caller identity: %', v_me.why USING ERRCODE = 'insufficient_privilege';
+    END CASE;
+END
+$$;
+
+-- The first element of ids that is NULL or the nil uuid, as "name[i] must not be ...".
+CREATE FUNCTION webinar_sessions._check_ids(p_name text, p_ids uuid[])
+RETURNS void
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
+AS $$
+DECLARE
+    v_at bigint;
+    v_id uuid;
+BEGIN
+    SELECT u.at, u.id INTO v_at, v_id
+      FROM unnest(p_ids) WITH ORDINALITY AS u(id, at)
+     WHERE u.id IS NULL OR u.id = '00000000-0000-0000-0000-000000000000'
+     ORDER BY u.at LIMIT 1;
+    IF v_at IS NOT NULL AND v_id IS NULL THEN
+        RAISE EXCEPTION '%[%] must not be null', p_name, v_at USING ERRCODE = 'null_value_not_allowed';
+    ELSIF v_at IS NOT NULL THEN
+        RAISE EXCEPTION '%[%] must not be the nil uuid', p_name, v_at USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+END
+$$;
+
+-- Checks the arguments of heartbeat_batch (input::check_batch): three arrays of the same
+-- length, at most 10000 long, every element valid.
+CREATE FUNCTION webinar_sessions._check_batch(webinar_ids uuid[], session_ids text[], user_ids uuid[])
+RETURNS void
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
+AS $$
+DECLARE
+    v_lengths integer[];
+    v_at bigint;
+    v_session text;
+BEGIN
+    IF webinar_ids IS NULL THEN
+        RAISE EXCEPTION 'webinar_ids must not be null' USING ERRCODE = 'null_value_not_allowed';
+    ELSIF session_ids IS NULL THEN
+        RAISE EXCEPTION 'session_ids must not be null' USING ERRCODE = 'null_value_not_allowed';
+    ELSIF user_ids IS NULL THEN
+        RAISE EXCEPTION 'user_ids must not be null' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    v_lengths := ARRAY[pg_catalog.cardinality(webinar_ids), pg_catalog.cardinality(session_ids),
+                       pg_catalog.cardinality(user_ids)];
+    IF v_lengths[2] <> v_lengths[1] OR v_lengths[3] <> v_lengths[1] THEN
+        RAISE EXCEPTION 'webinar_ids, session_ids and user_ids must have the same length (got %, % and %)',
+            v_lengths[1], v_lengths[2], v_lengths[3] USING ERRCODE = 'invalid_parameter_value';
+    ELSIF v_lengths[1] > 10000 THEN
+        RAISE EXCEPTION 'webinar_ids holds % sessions; one batch takes at most 10000', v_lengths[1]
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    PERFORM webinar_sessions._check_ids('webinar_ids', webinar_ids);
+    SELECT u.at, u.session_id INTO v_at, v_session
+      FROM unnest(session_ids) WITH ORDINALITY AS u(session_id, at)
+     WHERE u.session_id IS NULL
+        OR NOT (pg_catalog.length(u.session_id) BETWEEN 1 AND 128
+                AND u.session_id !~ '[\u0001-\u001f\u007f-\u009f]')
+     ORDER BY u.at LIMIT 1;
+    IF v_at IS NOT NULL AND v_session IS NULL THEN
+        RAISE EXCEPTION 'session_ids[%] must not be null', v_at USING ERRCODE = 'null_value_not_allowed';
+    ELSIF v_at IS NOT NULL THEN
+        RAISE EXCEPTION 'session_ids[%] %', v_at, webinar_sessions._session_id_problem(v_session)
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    PERFORM webinar_sessions._check_ids('user_ids', user_ids);
+END
+$$;
+
+-- A setting in seconds (src/guc.rs): a number of seconds or a number with a unit (ms, s, min,
+-- h, d), its default when unset. Without the library PostgreSQL keeps webinar_sessions.* as
+-- plain text placeholders, so a bad value is refused here, when it is used, not by SET.
+CREATE FUNCTION webinar_sessions._setting_seconds(p_name text, p_default integer, p_max integer)
+RETURNS integer
+LANGUAGE plpgsql STABLE PARALLEL SAFE
+AS $$
+DECLARE
+    v_text text := pg_catalog.current_setting(p_name, true);
+    v_seconds numeric;
+BEGIN
+    IF v_text IS NULL OR v_text = '' THEN
+        RETURN p_default;
+    END IF;
+    IF v_text ~ '^\s*[0-9]+(\.[0-9]+)?\s*(ms|s|min|h|d)?\s*$' THEN
+        v_seconds := pg_catalog.round(extract(epoch FROM v_text::interval));
+        IF v_seconds BETWEEN 1 AND p_max THEN
+            RETURN v_seconds;
+        END IF;
+        RAISE EXCEPTION '% s is outside the valid range for parameter "%" (1 s .. % s)', v_seconds, p_name, p_max
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    RAISE EXCEPTION 'invalid value for parameter "%": %', p_name, pg_catalog.quote_literal(v_text)
+        USING ERRCODE = 'invalid_parameter_value',
+              HINT = 'A number of seconds, or a number with a unit: 90s, 5min, 2h, 1d.';
+END
+$$;
+
+-- The heartbeat interval clients should use, in seconds (webinar_sessions.heartbeat_interval).
+CREATE FUNCTION webinar_sessions._heartbeat_interval_s()
+RETURNS integer
+LANGUAGE sql STABLE PARALLEL SAFE
+AS $$
+    SELECT webinar_sessions._setting_seconds('webinar_sessions.heartbeat_interval', 120, 86400);
+$$;
+
+-- The default staleness limit of a sweep, in seconds (webinar_sessions.stale_after).
+CREATE FUNCTION webinar_sessions._stale_after_s()
+RETURNS integer
+LANGUAGE sql STABLE PARALLEL SAFE
+AS $$
+    SELECT webinar_sessions._setting_seconds('webinar_sessions.stale_after', 300, 2592000);
+$$;

@@ -1,0 +1,239 @@
+-- webinar_sessions, SQL-only edition: what src/stats.rs does in the Rust build. sql/stats.sql
+-- asks each edition for a webinar's summary (_summary_for) and its presence (_presence_for,
+-- read by _presence_bounds, _presence_grid and _presence_overlap). Here they are window
+-- functions: a viewer's sessions in start order, each clipped to the part no earlier session
+-- of that viewer covered, are disjoint pieces whose union is the viewer's presence. That is
+-- one sort (by viewer and start) for the pieces and one (by time) for the peak.
+-- Loaded before sql/stats.sql; plpgsql, so the views they read may come later.
+
+-- Microseconds since 2000-01-01 UTC, PostgreSQL's own timestamp count (exact: extract gives
+-- numeric).
+CREATE FUNCTION webinar_sessions._micros(p_at timestamptz)
+RETURNS bigint
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+AS $$
+    SELECT (extract(epoch FROM p_at) * 1000000)::bigint - 946684800000000;
+$$;
+
+CREATE FUNCTION webinar_sessions._infinite_session()
+RETURNS void
+LANGUAGE plpgsql IMMUTABLE
+AS $$
+BEGIN
+    RAISE EXCEPTION 'a session of this webinar has an infinite entered_at, last_heartbeat_at or exited_at'
+        USING ERRCODE = 'datetime_field_overflow', HINT = 'Set the session''s times to finite values.';
+END
+$$;
+
+-- {viewers, sessions, watched seconds, peak, peak_at, first, last}, the three times in
+-- microseconds since 2000-01-01 UTC; NULL for a webinar without audience sessions.
+CREATE FUNCTION webinar_sessions._summary_for(p_webinar_id uuid)
+RETURNS double precision[]
+LANGUAGE plpgsql STABLE
+-- The sorts of a big webinar (a million sessions) stay in memory.
+SET work_mem = '256MB'
+AS $$
+DECLARE
+    v_infinite boolean;
+    v_summary double precision[];
+BEGIN
+    WITH pieces AS MATERIALIZED (
+        SELECT o.started_at, o.ended_at, o.earlier_end IS NULL AS first_of_viewer,
+               greatest(o.started_at, o.earlier_end) AS piece_start
+          FROM (SELECT s.started_at, s.ended_at,
+                       max(s.ended_at) OVER (PARTITION BY s.user_id ORDER BY s.started_at, s.ended_at
+                                             ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS earlier_end
+                  FROM webinar_sessions.audience_spans AS s
+                 WHERE s.webinar_id = p_webinar_id) AS o
+    ), totals AS (
+        SELECT count(*) FILTER (WHERE p.first_of_viewer) AS viewers,
+               count(*) AS sessions,
+               sum(greatest(extract(epoch FROM p.ended_at) - extract(epoch FROM p.piece_start), 0)) AS watched,
+               min(p.started_at) AS first_at,
+               max(p.ended_at) AS last_at,
+               bool_or(NOT (pg_catalog.isfinite(p.started_at) AND pg_catalog.isfinite(p.ended_at))) AS infinite
+          FROM pieces AS p
+    ), levels AS (
+        -- Viewers present just after each instant: at the same instant departures and
+        -- arrivals net out, so one leaving as another arrives is not two at once.
+        SELECT e.at, sum(e.delta) OVER (ORDER BY e.at RANGE UNBOUNDED PRECEDING) AS present
+          FROM pieces AS p
+         CROSS JOIN LATERAL (VALUES (p.piece_start, 1), (p.ended_at, -1)) AS e(at, delta)
+         WHERE p.ended_at > p.piece_start
+    ), peak AS (
+        SELECT l.present, l.at FROM levels AS l ORDER BY l.present DESC, l.at LIMIT 1
+    )
+    SELECT t.infinite,
+           CASE WHEN t.sessions > 0 AND NOT t.infinite THEN ARRAY[
+               t.viewers, t.sessions, t.watched, coalesce(k.present, 0),
+               CASE WHEN k.present > 0 THEN webinar_sessions._micros(k.at) END,
+               webinar_sessions._micros(t.first_at), webinar_sessions._micros(t.last_at)
+           ]::double precision[] END
+      INTO v_infinite, v_summary
+      FROM totals AS t LEFT JOIN peak AS k ON true;
+    IF v_infinite THEN
+        PERFORM webinar_sessions._infinite_session();
+    END IF;
+    RETURN v_summary;
+END
+$$;
+
+-- A webinar's presence: each viewer's stretches (overlapping and touching sessions merged),
+-- as 32-byte records (viewer, start, end; big-endian microseconds since 2000) sorted by
+-- viewer and start. The same bytes the Rust build's _presence_of writes.
+CREATE FUNCTION webinar_sessions._presence_for(p_webinar_id uuid)
+RETURNS bytea
+LANGUAGE plpgsql STABLE
+SET work_mem = '256MB'
+AS $$
+DECLARE
+    v_infinite boolean;
+    v_presence bytea;
+BEGIN
+    WITH ordered AS (
+        SELECT s.user_id, s.started_at, s.ended_at,
+               max(s.ended_at) OVER (PARTITION BY s.user_id ORDER BY s.started_at, s.ended_at
+                                     ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS earlier_end
+          FROM webinar_sessions.audience_spans AS s
+         WHERE s.webinar_id = p_webinar_id
+    ), numbered AS (
+        SELECT o.user_id, o.started_at, o.ended_at,
+               count(*) FILTER (WHERE o.earlier_end IS NULL OR o.started_at > o.earlier_end)
+                   OVER (PARTITION BY o.user_id ORDER BY o.started_at, o.ended_at ROWS UNBOUNDED PRECEDING) AS stretch
+          FROM ordered AS o
+    ), stretches AS (
+        SELECT n.user_id, min(n.started_at) AS started_at, max(n.ended_at) AS ended_at
+          FROM numbered AS n
+         GROUP BY n.user_id, n.stretch
+    )
+    SELECT bool_or(NOT (pg_catalog.isfinite(x.started_at) AND pg_catalog.isfinite(x.ended_at))),
+           string_agg(CASE WHEN pg_catalog.isfinite(x.started_at) AND pg_catalog.isfinite(x.ended_at)
+                           THEN pg_catalog.uuid_send(x.user_id)
+                                || pg_catalog.int8send(webinar_sessions._micros(x.started_at))
+                                || pg_catalog.int8send(webinar_sessions._micros(x.ended_at)) END,
+                      ''::bytea ORDER BY x.user_id, x.started_at)
+      INTO v_infinite, v_presence
+      FROM stretches AS x;
+    IF v_infinite THEN
+        PERFORM webinar_sessions._infinite_session();
+    END IF;
+    RETURN v_presence;
+END
+$$;
+
+-- The records of a presence value, in order.
+CREATE FUNCTION webinar_sessions._presence_rows(p_presence bytea)
+RETURNS TABLE (at bigint, user_id uuid, started bigint, ended bigint)
+LANGUAGE plpgsql IMMUTABLE STRICT
+AS $$
+BEGIN
+    IF pg_catalog.length(p_presence) % 32 <> 0 THEN
+        RAISE EXCEPTION 'not a presence value: % bytes', pg_catalog.length(p_presence) USING ERRCODE = 'internal_error';
+    END IF;
+    RETURN QUERY
+        SELECT k,
+               pg_catalog.encode(pg_catalog.substr(p_presence, 32 * k::integer + 1, 16), 'hex')::uuid,
+               ('x' || pg_catalog.encode(pg_catalog.substr(p_presence, 32 * k::integer + 17, 8), 'hex'))::bit(64)::bigint,
+               ('x' || pg_catalog.encode(pg_catalog.substr(p_presence, 32 * k::integer + 25, 8), 'hex'))::bit(64)::bigint
+          FROM pg_catalog.generate_series(0::bigint, pg_catalog.length(p_presence) / 32 - 1) AS k
+         ORDER BY k;
+END
+$$;
+
+CREATE FUNCTION webinar_sessions._timestamp_of(p_micros bigint)
+RETURNS timestamptz
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+AS $$
+    SELECT timestamptz '2000-01-01 00:00:00+00' + (p_micros::text || ' microseconds')::interval;
+$$;
+
+-- The first entry and the last sign of life of a presence; no row when it is empty.
+CREATE FUNCTION webinar_sessions._presence_bounds(presence bytea)
+RETURNS TABLE (first_at timestamptz, last_at timestamptz)
+LANGUAGE sql IMMUTABLE PARALLEL SAFE STRICT
+AS $$
+    SELECT webinar_sessions._timestamp_of(min(r.started)), webinar_sessions._timestamp_of(max(r.ended))
+      FROM webinar_sessions._presence_rows(presence) AS r
+    HAVING count(*) > 0;
+$$;
+
+-- Distinct viewers at each point of the grid origin + k * step, k = 0 .. points - 1: with
+-- instant, those present at that instant; otherwise those present at any time in
+-- [point, point + step). A stretch [s, e) covers the points from ceil (instant) or floor
+-- ((s - origin) / step) to ceil((e - origin) / step) - 1, less those the viewer's previous
+-- stretch covered; the counts are a running sum of +1 / -1 at the ends of each run.
+CREATE FUNCTION webinar_sessions._presence_grid(
+    presence bytea, origin timestamptz, step interval, points bigint, instant boolean)
+RETURNS TABLE (k bigint, viewers bigint)
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE STRICT
+AS $$
+#variable_conflict use_column
+DECLARE
+    v_step numeric;
+    v_origin bigint;
+BEGIN
+    IF extract(year FROM step) <> 0 OR extract(month FROM step) <> 0 THEN
+        RAISE EXCEPTION 'bucket must be given in days or smaller units' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    v_step := extract(epoch FROM step) * 1000000;
+    IF v_step > 9223372036854775807 OR v_step < -9223372036854775808 THEN
+        RAISE EXCEPTION 'bucket % is too large', step USING ERRCODE = 'invalid_parameter_value';
+    ELSIF v_step <= 0 THEN
+        RAISE EXCEPTION 'bucket must be positive' USING ERRCODE = 'invalid_parameter_value';
+    ELSIF points NOT BETWEEN 0 AND 100000 THEN
+        RAISE EXCEPTION 'a grid of % points; at most 100000 are allowed', points USING ERRCODE = 'invalid_parameter_value';
+    ELSIF NOT pg_catalog.isfinite(origin) THEN
+        RAISE EXCEPTION 'the grid''s origin must be a finite time' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    v_origin := webinar_sessions._micros(origin);
+    RETURN QUERY
+    WITH spans AS (
+        SELECT r.at, r.user_id, r.started - v_origin AS s, r.ended - v_origin AS e, v_step::bigint AS q
+          FROM webinar_sessions._presence_rows(presence) AS r
+         WHERE r.ended > r.started
+    ), covered AS (
+        SELECT x.at, x.user_id,
+               greatest(CASE WHEN instant THEN x.s / x.q + (x.s % x.q > 0)::integer
+                             ELSE x.s / x.q - (x.s % x.q < 0)::integer END, 0) AS first_point,
+               least(x.e / x.q + (x.e % x.q > 0)::integer, points) - 1 AS last_point
+          FROM spans AS x
+    ), runs AS (
+        SELECT greatest(c.first_point,
+                        coalesce(max(c.last_point) OVER (PARTITION BY c.user_id ORDER BY c.at
+                                                         ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) + 1, 0)) AS first_point,
+               c.last_point
+          FROM covered AS c
+    ), deltas AS (
+        SELECT d.point, sum(d.delta) AS delta
+          FROM runs AS u
+         CROSS JOIN LATERAL (VALUES (u.first_point, 1), (u.last_point + 1, -1)) AS d(point, delta)
+         WHERE u.first_point <= u.last_point
+         GROUP BY d.point
+    )
+    SELECT g.point, (sum(coalesce(d.delta, 0)) OVER (ORDER BY g.point))::bigint
+      FROM pg_catalog.generate_series(0::bigint, points - 1) AS g(point)
+      LEFT JOIN deltas AS d ON d.point = g.point
+     ORDER BY g.point;
+END
+$$;
+
+-- Per viewer, the time present inside [window_start, window_end), in seconds, every viewer
+-- of the presence included: most time first, then by viewer id.
+CREATE FUNCTION webinar_sessions._presence_overlap(
+    presence bytea, window_start timestamptz, window_end timestamptz)
+RETURNS TABLE (user_id uuid, seconds double precision)
+LANGUAGE sql IMMUTABLE PARALLEL SAFE STRICT
+AS $$
+    SELECT w.user_id, w.micros::double precision / 1e6::double precision
+      FROM (SELECT r.user_id,
+                   sum(greatest(least(r.ended, b.to_micros) - greatest(r.started, b.from_micros), 0)) AS micros
+              FROM webinar_sessions._presence_rows(presence) AS r,
+                   (SELECT CASE WHEN window_start = '-infinity' THEN -9223372036854775808
+                                WHEN window_start = 'infinity' THEN 9223372036854775807
+                                ELSE webinar_sessions._micros(window_start) END AS from_micros,
+                           CASE WHEN window_end = '-infinity' THEN -9223372036854775808
+                                WHEN window_end = 'infinity' THEN 9223372036854775807
+                                ELSE webinar_sessions._micros(window_end) END AS to_micros) AS b
+             GROUP BY r.user_id) AS w
+     ORDER BY w.micros DESC, w.user_id;
+$$;
