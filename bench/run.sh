@@ -2,7 +2,7 @@
 # The benchmark: webinar_sessions against the seed's design and against the machine's limit,
 # on a throwaway PostgreSQL (fsync on, default durability) that it starts and stops itself.
 #
-#   bench/run.sh              the full run (about 16 minutes on 2 cores, the analytics included)
+#   bench/run.sh              the full run (about 18 minutes on 2 cores, the analytics included)
 #   bench/run.sh --smoke      seconds-long, to keep the script working in CI (output under target/)
 #
 # Options: --seconds S (per heartbeat measurement, default 20), --rounds R (default 3),
@@ -10,7 +10,9 @@
 #
 # Every heartbeat request has PostgREST's shape: one transaction that sets the role and
 # request.jwt.claims transaction-locally, then makes the call. The variants are measured in
-# rounds, in a rotating order, so that machine noise hits all of them alike. The figures are
+# rounds, in a rotating order, so that machine noise hits all of them alike. The SQL-only
+# edition for hosted Supabase (hosted/, installed through pg_tle into a second database of the
+# same cluster) is measured beside the Rust build: heartbeats, watch_time, webinar_stats. The figures are
 # printed and written, with the raw pgbench output, to bench/results/<UTC time>/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -51,16 +53,29 @@ max_connections = 200
 shared_buffers = $shared_buffers
 max_wal_size = 8GB
 checkpoint_timeout = 30min
-shared_preload_libraries = 'webinar_sessions'
+shared_preload_libraries = 'webinar_sessions, pg_tle'
 webinar_sessions.sweeper_enabled = off
 webinar_sessions.database = 'bench'
 webinar_sessions.buffer_capacity = 200000
 EOF
 
-q() { psql -X -q -t -A -h 127.0.0.1 -p "$port" -U postgres -d bench -v ON_ERROR_STOP=1 "$@"; }
+# Queries go to the database \$db: bench (the Rust build) unless told bench_hosted.
+q() { psql -X -q -t -A -h 127.0.0.1 -p "$port" -U postgres -d "${db:-bench}" -v ON_ERROR_STOP=1 "$@"; }
 psql -X -q -h 127.0.0.1 -p "$port" -U postgres -d postgres -c "CREATE DATABASE bench" \
     -f tests/supabase_roles.sql >/dev/null
 q -c "CREATE EXTENSION webinar_sessions" -f bench/sql/setup.sql >/dev/null
+# The hosted edition, as hosted/package.sh writes it, through pg_tle (under a database.dev
+# name: a file-based extension of the same name is installed here).
+hosted/package.sh "$out/hosted" >/dev/null
+hosted_version=$(sed -n "s/^default_version = '\(.*\)'/\1/p" "$out/hosted/webinar_sessions.control")
+psql -X -q -h 127.0.0.1 -p "$port" -U postgres -d postgres -c "CREATE DATABASE bench_hosted" >/dev/null
+db=bench_hosted q -c "CREATE EXTENSION pg_tle" \
+    -v script="$(cat "$out/hosted/webinar_sessions--$hosted_version.sql")" -v version="$hosted_version" -f - <<'SQL' >/dev/null
+SELECT pgtle.install_extension('acme@webinar_sessions', :'version', 'webinar_sessions', :'script', NULL);
+CREATE SCHEMA webinar_sessions;
+CREATE EXTENSION "acme@webinar_sessions" SCHEMA webinar_sessions;
+SQL
+db=bench_hosted q -f bench/sql/setup.sql >/dev/null
 # PostgREST's login role, once per heartbeat mode: the mode is a setting of the connection.
 q -c "CREATE ROLE authenticator_direct LOGIN NOINHERIT IN ROLE authenticated" \
   -c "ALTER ROLE authenticator_direct SET webinar_sessions.heartbeat_mode = 'direct'" \
@@ -70,7 +85,7 @@ q -c "CREATE ROLE authenticator_direct LOGIN NOINHERIT IN ROLE authenticated" \
 bench() {
     local output=$1
     shift
-    pgbench -n -h 127.0.0.1 -p "$port" "$@" bench >"$output" 2>&1 || {
+    pgbench -n -h 127.0.0.1 -p "$port" "$@" "${db:-bench}" >"$output" 2>&1 || {
         echo "pgbench failed; the end of $output:" >&2
         tail -15 "$output" >&2
         exit 1
@@ -92,16 +107,20 @@ echo "Benchmark: $seconds s per measurement, $rounds rounds, $clients clients; r
 
 # 1 and 2. Heartbeats per second, HOT share, WAL per heartbeat. `direct` and `buffered` are
 # public.heartbeat in each heartbeat_mode; the buffered one includes the worker's flushes.
-variants=(seed handwritten handwritten_async direct buffered limit)
+# `hosted` is public.heartbeat of the SQL-only edition (always direct), in bench_hosted.
+variants=(seed handwritten handwritten_async direct buffered hosted limit)
 declare -A table_of=([seed]=bench.seed_sessions [handwritten]=bench.seed_sessions
     [handwritten_async]=bench.seed_sessions [direct]=webinar_sessions.webinar_user_sessions
-    [buffered]=webinar_sessions.webinar_user_sessions [limit]=)
-declare -A script_of=([direct]=extension [buffered]=extension)
+    [buffered]=webinar_sessions.webinar_user_sessions [hosted]=webinar_sessions.webinar_user_sessions [limit]=)
+declare -A script_of=([direct]=extension [buffered]=extension [hosted]=extension)
+declare -A db_of=([hosted]=bench_hosted)
 declare -A login_of=([direct]=authenticator_direct)
 hb_tsv="$out/heartbeats.tsv"
 printf 'sessions\tvariant\tround\ttps\ttransactions\tupdates\thot\twal_bytes\n' >"$hb_tsv"
 for sessions in "${sizes[@]}"; do
     q -c "SELECT bench.load_active($sessions)" >/dev/null
+    db=bench_hosted q -c "SELECT bench.load_active($sessions)" \
+        -c "VACUUM ANALYZE webinar_sessions.webinar_user_sessions" >/dev/null
     # Every session heartbeats once, so that the buffer knows them all (as it would after the
     # first two minutes of a webinar).
     q -c "SET webinar_sessions.heartbeat_mode = 'buffered'" \
@@ -112,6 +131,7 @@ for sessions in "${sizes[@]}"; do
         for ((i = 0; i < ${#variants[@]}; i++)); do
             variant=${variants[(i + round - 1) % ${#variants[@]}]}
             table=${table_of[$variant]}
+            db=${db_of[$variant]:-bench}
             # Every measurement starts right after a checkpoint, so every design pays for the
             # full-page images of the pages it touches first, not only whichever runs first.
             q -c "CHECKPOINT"
@@ -133,6 +153,7 @@ for sessions in "${sizes[@]}"; do
             printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$sessions" "$variant" "$round" "$tps" "$transactions" \
                 "$((u1 - u0))" "$((h1 - h0))" "$wal" >>"$hb_tsv"
             printf '  %7s sessions, round %s, %-18s %10.0f heartbeats/s\n' "$sessions" "$round" "$variant" "$tps"
+            db=bench
         done
     done
 done
@@ -177,6 +198,7 @@ echo "  join burst: $entered entries at $enters_per_s entries/s"
 # 5. Statistics over one webinar with many session rows: viewers with ten sessions each,
 # overlapping tabs included, one in twenty still open.
 viewers=$((stats_rows / 10))
+for db in bench bench_hosted; do
 q -c "TRUNCATE webinar_sessions.webinar_user_sessions" >/dev/null
 q -c "SELECT setseed(0.42);
       INSERT INTO webinar_sessions.webinar_user_sessions
@@ -190,6 +212,8 @@ q -c "SELECT setseed(0.42);
                              interval '1 minute' + random() * interval '15 minutes' AS length
                        WHERE u > 0 AND k > 0) AS s" >/dev/null  # correlated: random() per row
 q -c "VACUUM ANALYZE webinar_sessions.webinar_user_sessions"
+done
+db=bench
 bench "$out/watch-time.txt" -M prepared -c 1 -T "$seconds" -D viewers="$viewers" -U postgres \
     -f bench/sql/watch_time.sql
 watch_time_ms=$(awk '/^latency average/ { print $4; exit }' "$out/watch-time.txt")
@@ -203,6 +227,21 @@ q -c "EXPLAIN (ANALYZE, BUFFERS) SELECT * FROM webinar_sessions.webinar_stats WH
 q -c "EXPLAIN (ANALYZE, BUFFERS) SELECT * FROM webinar_sessions.watch_time WHERE webinar_id = bench.webinar_of(0) AND user_id = bench.user_of(7)" \
     >"$out/watch-time-plan.txt"
 echo "  statistics: watch_time ${watch_time_ms} ms, webinar_stats over $stats_rows rows ${webinar_stats_ms} ms"
+# The same, on the hosted edition (the same rows: the same seed), whose figures must be equal.
+db=bench_hosted bench "$out/watch-time-hosted.txt" -M prepared -c 1 -T "$seconds" -D viewers="$viewers" -U postgres \
+    -f bench/sql/watch_time.sql
+hosted_watch_time_ms=$(awk '/^latency average/ { print $4; exit }' "$out/watch-time-hosted.txt")
+for run in 1 2 3; do
+    db=bench_hosted q -c "\\timing on" -c "SELECT * FROM webinar_sessions.webinar_stats WHERE webinar_id = bench.webinar_of(0)" \
+        | awk '/^Time:/ { print $2 }'
+done >"$out/webinar-stats-hosted.ms"
+hosted_webinar_stats_ms=$(sort -n "$out/webinar-stats-hosted.ms" | sed -n 2p)
+db=bench_hosted q -c "EXPLAIN (ANALYZE, BUFFERS) SELECT * FROM webinar_sessions.webinar_stats WHERE webinar_id = bench.webinar_of(0)" \
+    >"$out/webinar-stats-hosted-plan.txt"
+stats_of() { db=$1 q -c "SELECT row(s.*)::text FROM webinar_sessions.webinar_stats AS s WHERE webinar_id = bench.webinar_of(0)"; }
+if [ "$(stats_of bench)" = "$(stats_of bench_hosted)" ]; then stats_equal=yes; else
+    stats_equal="NO: $(stats_of bench) against $(stats_of bench_hosted)"; fi
+echo "  hosted edition: watch_time ${hosted_watch_time_ms} ms, webinar_stats ${hosted_webinar_stats_ms} ms, same figures: $stats_equal"
 
 # 6. live_viewers, polled by every viewer of a 50,000-viewer webinar (a GET: READ ONLY), from
 # the worker's count (refreshed here as the worker does after a flush).
@@ -266,6 +305,13 @@ echo "  live_viewers: $live_per_s calls/s, $live_ms ms each ($clients clients, $
         done
     done
     echo
+    echo "| active sessions | hosted edition ÷ Rust build, direct mode |"
+    echo "|---:|---:|"
+    for sessions in "${sizes[@]}"; do
+        awk -F'\t' -v s="$sessions" '$1 == s { tps[$2] += $4; n[$2]++ }
+            END { printf "| %d | %.2f |\n", s, (tps["hosted"] / n["hosted"]) / (tps["direct"] / n["direct"]) }' "$hb_tsv"
+    done
+    echo
     echo "The heartbeat buffer after these runs: $buffer_after."
     echo
     echo "## Sweep: $sweep_stale stale sessions among $sweep_total"
@@ -287,6 +333,10 @@ echo "  live_viewers: $live_per_s calls/s, $live_ms ms each ($clients clients, $
     echo "|---|---:|"
     echo "| \`watch_time\` for one viewer (pgbench, 1 client, average) | $watch_time_ms ms |"
     echo "| \`webinar_stats\` for the webinar (median of 3) | $webinar_stats_ms ms |"
+    echo "| hosted edition: \`watch_time\` for one viewer | $hosted_watch_time_ms ms |"
+    echo "| hosted edition: \`webinar_stats\` for the webinar (median of 3) | $hosted_webinar_stats_ms ms |"
+    echo
+    echo "Both editions' \`webinar_stats\` rows equal: $stats_equal."
     echo
     echo "## live_viewers, one webinar of $live_audience viewers"
     echo

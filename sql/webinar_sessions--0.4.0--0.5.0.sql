@@ -28,7 +28,7 @@ BEGIN
 END
 $$;
 
-CREATE OR REPLACE CREATE VIEW webinar_sessions.webinar_stats WITH (security_invoker = true) AS
+CREATE OR REPLACE VIEW webinar_sessions.webinar_stats WITH (security_invoker = true) AS
 WITH summaries AS (
     SELECT webinars.webinar_id, webinar_sessions._summary_for(webinars.webinar_id) AS s
       FROM (SELECT spans.webinar_id FROM webinar_sessions.session_spans AS spans

@@ -300,6 +300,13 @@ impl Cluster {
     /// package with pgtle.install_extension (as dbdev.install() does) and creates the
     /// extension in its own schema (hosted/README.md).
     pub fn install_hosted(&self, admin: &mut Client, database: &str) {
+        let dir = std::env::var("WEBINAR_SESSIONS_TEST_HOSTED_DIR")
+            .expect("WEBINAR_SESSIONS_TEST_HOSTED_DIR names the folder hosted/package.sh wrote");
+        self.install_hosted_package(admin, database, &dir);
+    }
+
+    /// `install_hosted` from the package in `dir`.
+    pub fn install_hosted_package(&self, admin: &mut Client, database: &str, dir: &str) {
         admin
             .batch_execute(&format!(
                 "CREATE EXTENSION IF NOT EXISTS pg_tle;
@@ -307,7 +314,7 @@ impl Cluster {
                  GRANT ALL ON SCHEMA public TO postgres;"
             ))
             .unwrap();
-        let (version, script) = hosted_package();
+        let (version, script) = hosted_package_in(dir);
         let mut owner = self.connect_as(database, "postgres");
         owner
             .execute(
@@ -324,10 +331,16 @@ impl Cluster {
     }
 }
 
-/// The hosted package's default version and install script.
+/// The default version and install script of the hosted package in
+/// `$WEBINAR_SESSIONS_TEST_HOSTED_DIR`.
 pub fn hosted_package() -> (String, String) {
     let dir = std::env::var("WEBINAR_SESSIONS_TEST_HOSTED_DIR")
         .expect("WEBINAR_SESSIONS_TEST_HOSTED_DIR names the folder hosted/package.sh wrote");
+    hosted_package_in(&dir)
+}
+
+/// The default version and install script of the hosted package in `dir`.
+pub fn hosted_package_in(dir: &str) -> (String, String) {
     let control = std::fs::read_to_string(format!("{dir}/webinar_sessions.control")).unwrap();
     let version = control
         .lines()
