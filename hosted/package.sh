@@ -19,7 +19,9 @@ first=0.5.0
 # In the order the Rust build's generated script has them (src/lib.rs): what each file needs
 # comes before it.
 parts=(hosted/sql/identity.sql sql/schema.sql hosted/sql/buffer.sql sql/api.sql
-    hosted/sql/stats.sql sql/stats.sql sql/report.sql sql/privileges.sql hosted/sql/privileges.sql)
+    hosted/sql/stats.sql sql/stats.sql sql/report.sql sql/privileges.sql)
+# This edition's own functions (hosted/sql/*.sql holds nothing else).
+own=(hosted/sql/identity.sql hosted/sql/buffer.sql hosted/sql/stats.sql)
 
 header() {
     echo "-- webinar_sessions $1, SQL-only edition (pg_tle / database.dev)."
@@ -34,18 +36,39 @@ header() {
     done
 } >"$out/webinar_sessions--$version.sql"
 
-# An update is the Rust build's upgrade script (sql/) followed by this edition's own part
-# (hosted/sql/upgrades/), when its functions changed too.
+# An update X--Y is, in this order:
+#   hosted/sql/upgrades/webinar_sessions--X--Y.sql, when there is one (what CREATE OR REPLACE
+#     cannot do: dropping or renaming this edition's functions);
+#   the Rust build's upgrade script sql/webinar_sessions--X--Y.sql;
+#   every function of this edition again, with CREATE OR REPLACE (this replaces, too, what the
+#     Rust build's script defined in SQL for its own edition);
+#   sql/privileges.sql again,
+# so that an updated database holds what a fresh install of Y holds (tests/upgrade.rs checks it).
 newer() { [ "$(printf '%s\n%s\n' "$1" "$2" | sort -V | head -1)" = "$2" ] && [ "$1" != "$2" ]; }
 for script in sql/webinar_sessions--*--*.sql; do
     name=$(basename "$script" .sql)
     from=${name#webinar_sessions--}
     from=${from%%--*}
     newer "$from" "$first" || [ "$from" = "$first" ] || continue
+    if grep -qi 'LANGUAGE c\b' "$script"; then
+        echo "hosted/package.sh: $script defines C functions; give them SQL versions in hosted/sql/ and" \
+            "keep their definitions out of what this edition runs" >&2
+        exit 1
+    fi
     {
         header "${name#webinar_sessions--}"
-        cat "$script"
         [ ! -f "hosted/sql/upgrades/$name.sql" ] || cat "hosted/sql/upgrades/$name.sql"
+        cat "$script"
+        printf '\n-- ---- this edition'"'"'s functions, again ----\n\n'
+        sed 's/^CREATE FUNCTION /CREATE OR REPLACE FUNCTION /' "${own[@]}"
+        printf '\n-- ---- sql/privileges.sql, again ----\n\n'
+        # service_role's grants first go, so that they come back after PUBLIC's, as in a
+        # fresh install (an ACL keeps its grants in the order they were made).
+        printf '%s\n' 'DO $$' 'BEGIN' \
+            "    IF EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'service_role') THEN" \
+            '        REVOKE ALL ON ALL FUNCTIONS IN SCHEMA webinar_sessions FROM service_role;' \
+            '    END IF;' 'END' '$$;'
+        cat sql/privileges.sql
     } >"$out/$name.sql"
 done
 

@@ -285,48 +285,62 @@ AS $$
                           ORDER BY r.started_at DESC OFFSET 999 LIMIT 1);
 $$;
 
-CREATE FUNCTION webinar_sessions.sweep_stale_sessions(stale_after interval DEFAULT NULL)
-RETURNS bigint
-LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+-- The staleness limit a sweep applies: the argument, checked, or the
+-- webinar_sessions.stale_after setting.
+CREATE FUNCTION webinar_sessions._stale_after_or_setting(p_stale_after interval)
+RETURNS interval
+LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
     -- Checked the way the sweep applies it, by calendar arithmetic: as a comparison of
     -- intervals (a month = 30 days) '-1 year 364 days' would pass for positive and then
     -- reach into the future.
-    IF now() - stale_after >= now() THEN
-        RAISE EXCEPTION 'stale_after must be positive (got %)', stale_after
+    IF now() - p_stale_after >= now() THEN
+        RAISE EXCEPTION 'stale_after must be positive (got %)', p_stale_after
             USING ERRCODE = 'invalid_parameter_value';
-    ELSIF now() - stale_after < now() - interval '365 days' THEN
-        RAISE EXCEPTION 'stale_after must be at most 365 days (got %)', stale_after
+    ELSIF now() - p_stale_after < now() - interval '365 days' THEN
+        RAISE EXCEPTION 'stale_after must be at most 365 days (got %)', p_stale_after
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
-    RETURN webinar_sessions._sweep(
-        coalesce(stale_after, pg_catalog.make_interval(secs => webinar_sessions._stale_after_s())),
-        'manual');
+    RETURN coalesce(p_stale_after, pg_catalog.make_interval(secs => webinar_sessions._stale_after_s()));
+END
+$$;
+
+CREATE FUNCTION webinar_sessions.sweep_stale_sessions(stale_after interval DEFAULT NULL)
+RETURNS bigint
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    RETURN webinar_sessions._sweep(webinar_sessions._stale_after_or_setting(sweep_stale_sessions.stale_after), 'manual');
 END
 $$;
 COMMENT ON FUNCTION webinar_sessions.sweep_stale_sessions(interval) IS
     'Closes, in one statement, every active session with no sign of life for stale_after (default: the webinar_sessions.stale_after setting); returns how many. service_role only.';
 
 -- A sweep that nobody waits for: what the background worker runs (source 'worker') and what
--- the pg_cron job of schedule_sweep runs (source 'cron'). (The worker does not call it until
--- stale_after has passed since the server's start or crash restart: while the database was
--- down no client could send a heartbeat, so silence from before proves nothing.) A failed
--- sweep is recorded in sweep_runs, not raised, so that the schedule keeps its rhythm.
-CREATE FUNCTION webinar_sessions._unattended_sweep(p_source text)
+-- the pg_cron job of schedule_sweep runs (source 'cron'), with stale_after or else the
+-- setting. (The worker does not call it until stale_after has passed since the server's
+-- start or crash restart: while the database was down no client could send a heartbeat, so
+-- silence from before proves nothing.) A failed sweep, a bad setting included, is recorded in
+-- sweep_runs, not raised, so that the schedule keeps its rhythm.
+CREATE FUNCTION webinar_sessions._unattended_sweep(p_source text, p_stale_after interval DEFAULT NULL)
 RETURNS bigint
 LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    v_stale_after interval := pg_catalog.make_interval(secs => webinar_sessions._stale_after_s());
+    v_stale_after interval;
     v_started timestamptz := clock_timestamp();
 BEGIN
     BEGIN
+        v_stale_after := webinar_sessions._stale_after_or_setting(p_stale_after);
         RETURN webinar_sessions._sweep(v_stale_after, p_source);
     EXCEPTION WHEN OTHERS THEN
-        PERFORM webinar_sessions._record_sweep(v_started, NULL, p_source, v_stale_after, SQLERRM);
+        -- (sweep_runs needs a stale_after: when the setting itself was bad, the default's.)
+        PERFORM webinar_sessions._record_sweep(v_started, NULL, p_source,
+                                               coalesce(v_stale_after, p_stale_after, interval '300 seconds'), SQLERRM);
         RETURN NULL;
     END;
 END
@@ -342,9 +356,11 @@ $$;
 
 -- Sweeps without the background worker (hosted Supabase, or a server that does not preload
 -- the library): a pg_cron job, named webinar_sessions_sweep, owned by the caller and run in
--- this database. pg_cron must be installed here (on Supabase: Database > Extensions > pg_cron).
--- Idempotent: scheduling again changes the schedule of the same job.
-CREATE FUNCTION webinar_sessions.schedule_sweep(schedule text DEFAULT '*/10 * * * *')
+-- this database, closing sessions silent for stale_after (default: the
+-- webinar_sessions.stale_after setting when the job runs). pg_cron must be installed here (on
+-- Supabase: Database > Extensions > pg_cron). Idempotent: scheduling again changes the same
+-- job. Call unschedule_sweep before DROP EXTENSION: the job is pg_cron's, not the extension's.
+CREATE FUNCTION webinar_sessions.schedule_sweep(schedule text DEFAULT '*/10 * * * *', stale_after interval DEFAULT NULL)
 RETURNS bigint
 LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, pg_temp
@@ -355,6 +371,7 @@ BEGIN
     IF schedule IS NULL THEN
         RAISE EXCEPTION 'schedule must not be null' USING ERRCODE = 'null_value_not_allowed';
     END IF;
+    PERFORM webinar_sessions._stale_after_or_setting(schedule_sweep.stale_after);
     IF NOT EXISTS (SELECT FROM pg_catalog.pg_extension WHERE extname = 'pg_cron') THEN
         RAISE EXCEPTION 'schedule_sweep needs the pg_cron extension in this database'
             USING ERRCODE = 'object_not_in_prerequisite_state',
@@ -362,7 +379,8 @@ BEGIN
     END IF;
     BEGIN
         v_job := cron.schedule('webinar_sessions_sweep', schedule,
-                               'SELECT webinar_sessions._unattended_sweep(''cron'')');
+                               pg_catalog.format('SELECT webinar_sessions._unattended_sweep(%L, %L)',
+                                                 'cron', schedule_sweep.stale_after));
     EXCEPTION WHEN invalid_parameter_value THEN
         RAISE EXCEPTION 'schedule % is not a valid cron schedule', pg_catalog.quote_literal(schedule)
             USING ERRCODE = 'invalid_parameter_value',
@@ -371,8 +389,8 @@ BEGIN
     RETURN v_job;
 END
 $$;
-COMMENT ON FUNCTION webinar_sessions.schedule_sweep(text) IS
-    'Sweeps stale sessions from a pg_cron job (default: every 10 minutes), for servers without the background worker; returns the job id. Idempotent.';
+COMMENT ON FUNCTION webinar_sessions.schedule_sweep(text, interval) IS
+    'Sweeps stale sessions from a pg_cron job (default: every 10 minutes, stale_after from the setting), for servers without the background worker; returns the job id. Idempotent.';
 
 CREATE FUNCTION webinar_sessions.unschedule_sweep()
 RETURNS boolean

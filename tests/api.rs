@@ -461,6 +461,83 @@ fn a_sweep_behind_a_heartbeat_spares_the_session() {
     assert_eq!(active, 1);
 }
 
+/// Claims that are odd but valid JSON identify the caller: a NUL character or a number with
+/// a huge exponent in an unrelated claim, a duplicated sub (the last one counts).
+#[test]
+fn odd_but_valid_claims_identify_the_caller() {
+    let (mut admin, mut api) = database("odd_claims");
+    let (me, webinar) = (uuid(5), uuid(301));
+    for claims in [
+        format!(r#"{{"sub":"{me}","note":"a\u0000b","role":"authenticated"}}"#),
+        format!(r#"{{"sub":"{me}","tiny":1e-20000,"big":123456789012345678901234567890}}"#),
+        format!(r#"{{"sub":"{}","sub":"{me}"}}"#, uuid(6)),
+        format!(
+            r#"  {{"sub" : "{}"}}  "#,
+            me.replace('-', "").to_uppercase()
+        ),
+    ] {
+        let status = rpc(
+            &mut api,
+            "authenticated",
+            Some(&claims),
+            "public.heartbeat",
+            &[("webinar_id", &webinar), ("session_id", "tab")],
+        )
+        .unwrap_or_else(|e| panic!("{claims}: {e}"));
+        let user: String = admin
+            .query_one(
+                "SELECT user_id::text FROM webinar_sessions.webinar_user_sessions WHERE id = $1::text::uuid",
+                &[&status["id"].as_str().unwrap()],
+            )
+            .unwrap()
+            .get(0);
+        assert_eq!(user, me, "{claims}: {status}");
+    }
+}
+
+/// Row-level security under a parallel plan: the policy's current_user_id() runs inside it
+/// (the hosted edition's reads the claims in an exception block, which a parallel query cannot
+/// start: it must keep the plan serial, not fail).
+#[test]
+fn a_viewer_reads_their_own_rows_under_parallel_query() {
+    let (mut admin, mut api) = database("parallel");
+    let webinar = uuid(300);
+    for user in [uuid(1), uuid(2)] {
+        rpc(
+            &mut api,
+            "authenticated",
+            Some(&claims_for(&user)),
+            "public.enter_webinar",
+            &[("webinar_id", &webinar), ("session_id", "tab")],
+        )
+        .unwrap();
+    }
+    let force = if server_version_num(&mut admin) >= 160000 {
+        "debug_parallel_query"
+    } else {
+        "force_parallel_mode"
+    };
+    let mut transaction = api.transaction().unwrap();
+    transaction
+        .batch_execute(&format!(
+            "SET LOCAL ROLE authenticated; SET LOCAL {force} = on;
+             SELECT set_config('request.jwt.claims', '{}', true);",
+            claims_for(&uuid(1))
+        ))
+        .unwrap();
+    let own: Vec<String> = transaction
+        .query(
+            "SELECT user_id::text FROM webinar_sessions.webinar_user_sessions
+             UNION ALL SELECT user_id::text FROM webinar_sessions.watch_time",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(own, vec![uuid(1), uuid(1)]);
+}
+
 /// The harness turns a JSON body into arguments with the SQL types of `ARGUMENT_TYPES`, as
 /// PostgREST does from its schema cache: that list must be the catalog's, for every argument
 /// of every function of the API.

@@ -403,6 +403,16 @@ fn bad_calls(webinar: &str, a: &str, b: &str, server_version: i32) -> Vec<Bad> {
             "is not a uuid",
         ),
         (
+            "sub a NUL character",
+            Some(r#"{"sub":"\u0000"}"#.into()),
+            "the sub claim \"\\u{0}\" is not a uuid",
+        ),
+        (
+            "sub with quotes, a backslash and an escape character",
+            Some(r#"{"sub":"a\"b\\c\u001b"}"#.into()),
+            "the sub claim \"a\\\"b\\\\c\\u{1b}\" is not a uuid",
+        ),
+        (
             "sub with a trailing newline",
             Some(format!(r#"{{"sub":"{a}\n"}}"#)),
             "is not a uuid",

@@ -86,6 +86,18 @@ if [ $# -eq 0 ]; then
     diff -u <(normalize "$scratch/answers-rust.tsv") <(normalize "$scratch/answers-hosted.tsv") ||
         { echo "run.sh: the editions answer the hostile-input table differently" >&2; exit 1; }
     echo "run.sh: hosted edition: objects as documented, $(wc -l <"$scratch/answers-hosted.tsv") bad calls answered alike"
+    # The last released hosted package, as that release's own hosted/package.sh wrote it,
+    # updated to this one through pgtle.install_update_path.
+    read -r previous_version previous_commit < <(grep -v '^#' hosted/RELEASES | tail -1)
+    if [ "$previous_version" != "$current" ]; then
+        mkdir "$scratch/hosted-previous-source"
+        git archive "$previous_commit" Cargo.toml sql hosted | tar -x -C "$scratch/hosted-previous-source"
+        "$scratch/hosted-previous-source/hosted/package.sh" "$scratch/hosted-previous"
+        chmod -R a+rX "$scratch/hosted-previous"
+        WEBINAR_SESSIONS_TEST_EDITION=hosted WEBINAR_SESSIONS_TEST_HOSTED_DIR="$scratch/hosted" \
+            WEBINAR_SESSIONS_TEST_HOSTED_PREVIOUS_DIR="$scratch/hosted-previous" \
+            cargo test --no-default-features --features "pg15 pg_test" --test upgrade -- --ignored
+    fi
     tests/splinter.sh --hosted "$scratch/hosted"
 fi
 

@@ -8,29 +8,24 @@
 -- schema's SECURITY DEFINER functions, which pin it. Every name is qualified.
 
 -- `text` in double quotes for a message: \\, \", \t, \n, \r, and \u{hex} for other control
--- characters (identity::quote in the Rust build).
+-- characters (identity::quote in the Rust build). Linear in the length: one replace per kind
+-- of character, at most 62 kinds of control character.
 CREATE FUNCTION webinar_sessions._quote(p_text text)
 RETURNS text
 LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
 AS $$
 DECLARE
-    v_out text := '"';
+    v_out text := pg_catalog.replace(pg_catalog.replace(p_text, '\', '\\'), '"', '\"');
     v_char text;
-    v_code integer;
 BEGIN
-    FOR i IN 1..pg_catalog.length(p_text) LOOP
-        v_char := pg_catalog.substr(p_text, i, 1);
-        v_code := pg_catalog.ascii(v_char);
-        v_out := v_out || CASE
-            WHEN v_char = '\' THEN '\\'
-            WHEN v_char = '"' THEN '\"'
-            WHEN v_code = 9 THEN '\t'
-            WHEN v_code = 10 THEN '\n'
-            WHEN v_code = 13 THEN '\r'
-            WHEN v_code < 32 OR v_code BETWEEN 127 AND 159 THEN '\u{' || pg_catalog.to_hex(v_code) || '}'
-            ELSE v_char END;
+    v_out := pg_catalog.replace(pg_catalog.replace(pg_catalog.replace(v_out,
+        pg_catalog.chr(9), '\t'), pg_catalog.chr(10), '\n'), pg_catalog.chr(13), '\r');
+    FOR v_char IN
+        SELECT DISTINCT m[1] FROM pg_catalog.regexp_matches(v_out, '([\u0001-\u001f\u007f-\u009f])', 'g') AS m
+    LOOP
+        v_out := pg_catalog.replace(v_out, v_char, '\u{' || pg_catalog.to_hex(pg_catalog.ascii(v_char)) || '}');
     END LOOP;
-    RETURN v_out || '"';
+    RETURN '"' || v_out || '"';
 END
 $$;
 
@@ -45,16 +40,22 @@ $$;
 
 -- What the request's claims say about the caller (identity::claimed_caller): kind 'user'
 -- with user_id, 'nobody' (no claims, or no sub), or 'invalid' with why.
+--
+-- The claims are read as json (text kept as written, like serde_json, which the Rust build
+-- uses: any number, and \u0000 in a string). Whether they parse at all is only known by
+-- trying, in an exception block: a subtransaction, which a parallel query cannot start, so
+-- this and everything that calls it is PARALLEL UNSAFE.
 CREATE FUNCTION webinar_sessions._claimed_caller(OUT kind text, OUT user_id uuid, OUT why text)
-LANGUAGE plpgsql STABLE PARALLEL SAFE
+LANGUAGE plpgsql STABLE PARALLEL UNSAFE
 AS $$
 DECLARE
     -- Rust's str::trim: Unicode White_Space. An empty setting is what a transaction-local
     -- value leaves behind after its transaction.
     v_space constant text := E' \t\n\r\f\u000b\u0085\u00a0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000';
     v_text text := pg_catalog.current_setting('request.jwt.claims', true);
-    v_claims jsonb;
+    v_claims json;
     v_sub text;
+    v_unescaped text;
 BEGIN
     IF v_text IS NULL OR pg_catalog.btrim(v_text, v_space) = '' THEN
         -- PostgREST before v9 set the sub claim alone.
@@ -65,18 +66,26 @@ BEGIN
         END IF;
     ELSE
         BEGIN
-            v_claims := v_text::jsonb;
+            v_claims := v_text::json;
         EXCEPTION WHEN OTHERS THEN
             kind := 'invalid';
             why := 'request.jwt.claims is not valid JSON';
             RETURN;
         END;
-        IF pg_catalog.jsonb_typeof(v_claims) <> 'object' THEN
+        -- PostgreSQL reads no field of a json object holding \u0000 (it cannot be text):
+        -- stand U+E000 (private use) in for it, and show it as \u{0} again below.
+        WHILE pg_catalog.strpos(v_text, '\u0000') > 0 LOOP
+            v_unescaped := pg_catalog.regexp_replace(v_text, '(^|[^\\])((\\\\)*)\\u0000', '\1\2\\ue000', 'g');
+            EXIT WHEN v_unescaped = v_text;
+            v_text := v_unescaped;
+            v_claims := v_text::json;
+        END LOOP;
+        IF pg_catalog.json_typeof(v_claims) <> 'object' THEN
             kind := 'invalid';
             why := 'request.jwt.claims is not a JSON object';
             RETURN;
         END IF;
-        CASE coalesce(pg_catalog.jsonb_typeof(v_claims -> 'sub'), 'null')
+        CASE coalesce(pg_catalog.json_typeof(v_claims -> 'sub'), 'null')
         WHEN 'null' THEN
             kind := 'nobody';
             RETURN;
@@ -101,16 +110,21 @@ BEGIN
         END IF;
     ELSE
         kind := 'invalid';
-        why := 'the sub claim ' || webinar_sessions._quote(webinar_sessions._truncate(v_sub, 64)) || ' is not a uuid';
+        why := 'the sub claim '
+            || pg_catalog.replace(webinar_sessions._quote(webinar_sessions._truncate(v_sub, 64)), pg_catalog.chr(57344), '\u{0}')
+            || ' is not a uuid';
     END IF;
 END
 $$;
 
 -- The signed-in caller's user id (the sub claim), or NULL when there is none. The row-level
--- security policy compares rows against it; it never raises.
+-- security policy compares rows against it, as the querying role; it never raises. SECURITY
+-- DEFINER, so that the helpers it calls need not be executable by everyone: it reads only the
+-- caller's own settings.
 CREATE FUNCTION webinar_sessions.current_user_id()
 RETURNS uuid
-LANGUAGE sql STABLE PARALLEL SAFE
+LANGUAGE sql STABLE PARALLEL UNSAFE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
 AS $$
     SELECT CASE WHEN c.kind = 'user' THEN c.user_id END FROM webinar_sessions._claimed_caller() AS c;
 $$;
@@ -166,7 +180,7 @@ $$;
 -- (input::checked_user and identity::acting_user).
 CREATE FUNCTION webinar_sessions._checked_user(webinar_id uuid, session_id text, user_id uuid)
 RETURNS uuid
-LANGUAGE plpgsql STABLE PARALLEL SAFE
+LANGUAGE plpgsql STABLE PARALLEL UNSAFE
 AS $$
 DECLARE
     v_me record;
@@ -278,31 +292,47 @@ BEGIN
 END
 $$;
 
--- A setting in seconds (src/guc.rs): a number of seconds or a number with a unit (ms, s, min,
--- h, d), its default when unset. Without the library PostgreSQL keeps webinar_sessions.* as
--- plain text placeholders, so a bad value is refused here, when it is used, not by SET.
+-- A setting in seconds (src/guc.rs), its default when unset, read as PostgreSQL reads an
+-- integer setting with a unit: a decimal, octal (010) or hex (0x10) integer, or a decimal
+-- fraction or exponent (2.5, 1e2), then optionally us, ms, s, min, h or d, rounded to whole
+-- seconds half to even. Without the library PostgreSQL keeps webinar_sessions.* as plain text
+-- placeholders, so a bad value is refused here, when a call uses it (22023), not by SET.
 CREATE FUNCTION webinar_sessions._setting_seconds(p_name text, p_default integer, p_max integer)
 RETURNS integer
 LANGUAGE plpgsql STABLE PARALLEL SAFE
 AS $$
 DECLARE
     v_text text := pg_catalog.current_setting(p_name, true);
-    v_seconds numeric;
+    v_parts text[];
+    v_number double precision;
+    v_seconds double precision;
 BEGIN
     IF v_text IS NULL OR v_text = '' THEN
         RETURN p_default;
     END IF;
-    IF v_text ~ '^\s*[0-9]+(\.[0-9]+)?\s*(ms|s|min|h|d)?\s*$' THEN
-        v_seconds := pg_catalog.round(extract(epoch FROM v_text::interval));
-        IF v_seconds BETWEEN 1 AND p_max THEN
-            RETURN v_seconds;
-        END IF;
-        RAISE EXCEPTION '% s is outside the valid range for parameter "%" (1 s .. % s)', v_seconds, p_name, p_max
-            USING ERRCODE = 'invalid_parameter_value';
+    v_parts := pg_catalog.regexp_match(v_text,
+        '^\s*([-+]?)(0[xX][0-9a-fA-F]+|0[0-7]*|[1-9][0-9]*|[0-9]*\.?[0-9]*(?:[eE][-+]?[0-9]+)?)\s*([a-z]*)\s*$');
+    IF v_parts IS NULL OR v_parts[2] !~ '[0-9]' OR v_parts[3] NOT IN ('', 'us', 'ms', 's', 'min', 'h', 'd') THEN
+        RAISE EXCEPTION 'invalid value for parameter "%": "%"', p_name, v_text
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Valid units for this parameter are "us", "ms", "s", "min", "h", and "d".';
     END IF;
-    RAISE EXCEPTION 'invalid value for parameter "%": %', p_name, pg_catalog.quote_literal(v_text)
-        USING ERRCODE = 'invalid_parameter_value',
-              HINT = 'A number of seconds, or a number with a unit: 90s, 5min, 2h, 1d.';
+    v_number := CASE
+        WHEN v_parts[2] ~ '^0[xX]' THEN ('x' || pg_catalog.lpad(pg_catalog.substr(v_parts[2], 3), 16, '0'))::bit(64)::bigint
+        WHEN v_parts[2] ~ '^0[0-7]+$' THEN (SELECT sum(d::integer * 8 ^ (pg_catalog.length(v_parts[2]) - i))
+                                              FROM unnest(pg_catalog.string_to_array(v_parts[2], NULL)) WITH ORDINALITY AS o(d, i))
+        ELSE v_parts[2]::double precision END;
+    IF v_parts[1] = '-' THEN
+        v_number := -v_number;
+    END IF;
+    v_seconds := pg_catalog.round(v_number * CASE v_parts[3]
+        WHEN 'us' THEN 0.000001 WHEN 'ms' THEN 0.001 WHEN 'min' THEN 60 WHEN 'h' THEN 3600 WHEN 'd' THEN 86400
+        ELSE 1 END);
+    IF v_seconds BETWEEN 1 AND p_max THEN
+        RETURN v_seconds;
+    END IF;
+    RAISE EXCEPTION '% s is outside the valid range for parameter "%" (1 s .. % s)', v_seconds, p_name, p_max
+        USING ERRCODE = 'invalid_parameter_value';
 END
 $$;
 
