@@ -94,9 +94,12 @@ COMMENT ON VIEW webinar_sessions.watch_time IS
 -- webinar's figures read only that webinar's sessions.
 CREATE VIEW webinar_sessions.webinar_stats WITH (security_invoker = true) AS
 WITH summaries AS (
-    SELECT webinars.webinar_id, webinar_sessions._summary_for(webinars.webinar_id) AS s
+    -- In FROM, so that it runs once per webinar: as a column of the CTE, which PostgreSQL
+    -- inlines, it would be copied into each of the ten uses of s below.
+    SELECT webinars.webinar_id, summary.s
       FROM (SELECT spans.webinar_id FROM webinar_sessions.session_spans AS spans
              GROUP BY spans.webinar_id) AS webinars
+     CROSS JOIN LATERAL webinar_sessions._summary_for(webinars.webinar_id) AS summary(s)
 ), active AS (
     SELECT a.webinar_id, count(*) AS active_sessions, count(DISTINCT a.user_id) AS active_viewers
       FROM webinar_sessions.active_audience AS a

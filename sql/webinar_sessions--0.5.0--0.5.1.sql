@@ -4,6 +4,8 @@
 --   recorded in sweep_runs (the setting was read outside the block that records failures).
 -- * schedule_sweep takes stale_after: on hosted Supabase the postgres role cannot store
 --   webinar_sessions.* settings for a role or database, so a cron sweep needs it from here.
+-- * webinar_stats called _summary_for ten times per webinar (PostgreSQL copied the CTE's
+--   column into each use): it runs once, in FROM.
 -- * _stale_after_or_setting: the one check of a sweep's stale_after, shared by
 --   sweep_stale_sessions, schedule_sweep and the unattended sweeps.
 -- (The SQL-only edition's own fixes are in its functions, which hosted/package.sh replaces
@@ -41,6 +43,35 @@ BEGIN
     RETURN webinar_sessions._sweep(webinar_sessions._stale_after_or_setting(sweep_stale_sessions.stale_after), 'manual');
 END
 $$;
+CREATE OR REPLACE VIEW webinar_sessions.webinar_stats WITH (security_invoker = true) AS
+WITH summaries AS (
+    -- In FROM, so that it runs once per webinar: as a column of the CTE, which PostgreSQL
+    -- inlines, it would be copied into each of the ten uses of s below.
+    SELECT webinars.webinar_id, summary.s
+      FROM (SELECT spans.webinar_id FROM webinar_sessions.session_spans AS spans
+             GROUP BY spans.webinar_id) AS webinars
+     CROSS JOIN LATERAL webinar_sessions._summary_for(webinars.webinar_id) AS summary(s)
+), active AS (
+    SELECT a.webinar_id, count(*) AS active_sessions, count(DISTINCT a.user_id) AS active_viewers
+      FROM webinar_sessions.active_audience AS a
+     GROUP BY a.webinar_id
+)
+SELECT w.webinar_id,
+       w.s[1]::bigint AS viewers,
+       w.s[2]::bigint AS sessions,
+       coalesce(a.active_sessions, 0) AS active_sessions,
+       coalesce(a.active_viewers, 0)  AS active_viewers,
+       w.s[3] AS total_watched_seconds,
+       w.s[3] / w.s[1] AS avg_watched_seconds,
+       w.s[4]::bigint AS peak_concurrent_viewers,
+       timestamptz '2000-01-01 00:00:00+00' + w.s[5] * interval '1 microsecond' AS peak_at,
+       timestamptz '2000-01-01 00:00:00+00' + w.s[6] * interval '1 microsecond' AS first_entered_at,
+       timestamptz '2000-01-01 00:00:00+00' + w.s[7] * interval '1 microsecond' AS last_seen_at
+  FROM summaries AS w
+  LEFT JOIN active AS a ON a.webinar_id = w.webinar_id
+ -- A webinar whose every session is a host's has no audience figures.
+ WHERE w.s IS NOT NULL;
+
 DROP FUNCTION webinar_sessions._unattended_sweep(text);
 CREATE FUNCTION webinar_sessions._unattended_sweep(p_source text, p_stale_after interval DEFAULT NULL)
 RETURNS bigint

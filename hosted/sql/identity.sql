@@ -54,6 +54,7 @@ DECLARE
     v_space constant text := E' \t\n\r\f\u000b\u0085\u00a0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000';
     v_text text := pg_catalog.current_setting('request.jwt.claims', true);
     v_claims json;
+    v_sub_json json;
     v_sub text;
     v_unescaped text;
 BEGIN
@@ -80,26 +81,31 @@ BEGIN
             v_text := v_unescaped;
             v_claims := v_text::json;
         END LOOP;
-        IF pg_catalog.json_typeof(v_claims) <> 'object' THEN
+        -- (json is text: each operator parses it again, so this asks as few as it can.)
+        v_sub_json := v_claims -> 'sub';
+        IF v_sub_json IS NULL AND pg_catalog.json_typeof(v_claims) <> 'object' THEN
             kind := 'invalid';
             why := 'request.jwt.claims is not a JSON object';
             RETURN;
-        END IF;
-        CASE coalesce(pg_catalog.json_typeof(v_claims -> 'sub'), 'null')
-        WHEN 'null' THEN
+        ELSIF v_sub_json IS NULL OR pg_catalog.json_typeof(v_sub_json) = 'null' THEN
             kind := 'nobody';
             RETURN;
-        WHEN 'string' THEN
-            v_sub := v_claims ->> 'sub';
-        ELSE
+        ELSIF pg_catalog.json_typeof(v_sub_json) <> 'string' THEN
             kind := 'invalid';
             why := 'the sub claim is not a string';
             RETURN;
-        END CASE;
+        END IF;
+        v_sub := v_sub_json #>> '{}';
     END IF;
     -- The two spellings a JWT sub takes: 8-4-4-4-12 hex digits, or 32 without hyphens.
-    IF v_sub ~ '^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$'
-       OR v_sub ~ '^[0-9a-fA-F]{32}$' THEN
+    -- (String functions, not a regular expression: ten times cheaper, and this runs on every
+    -- call.)
+    IF (pg_catalog.length(v_sub) = 32
+        OR (pg_catalog.length(v_sub) = 36 AND pg_catalog.substr(v_sub, 9, 1) = '-' AND pg_catalog.substr(v_sub, 14, 1) = '-'
+            AND pg_catalog.substr(v_sub, 19, 1) = '-' AND pg_catalog.substr(v_sub, 24, 1) = '-'
+            AND pg_catalog.length(pg_catalog.replace(v_sub, '-', '')) = 32))
+       AND pg_catalog.translate(v_sub, '0123456789abcdefABCDEF-', '') = ''
+       AND pg_catalog.length(pg_catalog.replace(v_sub, '-', '')) = 32 THEN
         user_id := v_sub::uuid;
         IF user_id = '00000000-0000-0000-0000-000000000000' THEN
             kind := 'invalid';
@@ -198,7 +204,7 @@ BEGIN
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
 
-    SELECT * INTO v_me FROM webinar_sessions._claimed_caller();
+    v_me := webinar_sessions._claimed_caller();
     IF user_id IS NOT NULL THEN
         IF v_me.kind = 'user' AND v_me.user_id = user_id THEN
             RETURN user_id;
@@ -304,11 +310,25 @@ AS $$
 DECLARE
     v_text text := pg_catalog.current_setting(p_name, true);
     v_parts text[];
+    v_digits text;
     v_number double precision;
     v_seconds double precision;
 BEGIN
     IF v_text IS NULL OR v_text = '' THEN
         RETURN p_default;
+    END IF;
+    -- The common spellings (and how PostgreSQL shows a value it knows: 120 s is '2min'),
+    -- without the general parse below: this runs on every heartbeat.
+    -- (String functions: a regular expression costs several microseconds.)
+    v_digits := pg_catalog.rtrim(v_text, 'dhimns');
+    IF pg_catalog.length(v_digits) BETWEEN 1 AND 9 AND pg_catalog.left(v_digits, 1) <> '0'
+       AND pg_catalog.translate(v_digits, '0123456789', '') = ''
+       AND pg_catalog.substr(v_text, pg_catalog.length(v_digits) + 1) IN ('', 's', 'min', 'h', 'd') THEN
+        v_seconds := v_digits::bigint * CASE pg_catalog.substr(v_text, pg_catalog.length(v_digits) + 1)
+            WHEN 'min' THEN 60 WHEN 'h' THEN 3600 WHEN 'd' THEN 86400 ELSE 1 END;
+        IF v_seconds BETWEEN 1 AND p_max THEN
+            RETURN v_seconds;
+        END IF;
     END IF;
     v_parts := pg_catalog.regexp_match(v_text,
         '^\s*([-+]?)(0[xX][0-9a-fA-F]+|0[0-7]*|[1-9][0-9]*|[0-9]*\.?[0-9]*(?:[eE][-+]?[0-9]+)?)\s*([a-z]*)\s*$');

@@ -2,8 +2,9 @@
 -- asks each edition for a webinar's summary (_summary_for) and its presence (_presence_for,
 -- read by _presence_bounds, _presence_grid and _presence_overlap). Here they are window
 -- functions: a viewer's sessions in start order, each clipped to the part no earlier session
--- of that viewer covered, are disjoint pieces whose union is the viewer's presence. That is
--- one sort (by viewer and start) for the pieces and one (by time) for the peak.
+-- of that viewer covered, are disjoint pieces whose union is the viewer's presence: one sort
+-- (by viewer and start) for the pieces, and for the peak one sort each of their starts and
+-- their ends.
 -- Loaded before sql/stats.sql; plpgsql, so the views they read may come later.
 
 -- Microseconds since 2000-01-01 UTC, PostgreSQL's own timestamp count (exact: extract gives
@@ -27,6 +28,11 @@ $$;
 
 -- {viewers, sessions, watched seconds, peak, peak_at, first, last}, the three times in
 -- microseconds since 2000-01-01 UTC; NULL for a webinar without audience sessions.
+--
+-- One sort by viewer and start makes the pieces. The peak needs them in time order: their
+-- starts and their ends are collected as two sorted arrays (one sort of a single column
+-- each), and just after the i-th start, i - (ends up to it) viewers are present;
+-- width_bucket counts those ends by binary search.
 CREATE FUNCTION webinar_sessions._summary_for(p_webinar_id uuid)
 RETURNS double precision[]
 LANGUAGE plpgsql STABLE
@@ -37,7 +43,7 @@ DECLARE
     v_infinite boolean;
     v_summary double precision[];
 BEGIN
-    WITH pieces AS MATERIALIZED (
+    WITH pieces AS (
         SELECT o.started_at, o.ended_at, o.earlier_end IS NULL AS first_of_viewer,
                greatest(o.started_at, o.earlier_end) AS piece_start
           FROM (SELECT s.started_at, s.ended_at,
@@ -48,24 +54,27 @@ BEGIN
     ), totals AS (
         SELECT count(*) FILTER (WHERE p.first_of_viewer) AS viewers,
                count(*) AS sessions,
-               sum(greatest(extract(epoch FROM p.ended_at) - extract(epoch FROM p.piece_start), 0)) AS watched,
+               sum(CASE WHEN p.ended_at > p.piece_start AND pg_catalog.isfinite(p.ended_at)
+                             AND pg_catalog.isfinite(p.piece_start)
+                        THEN p.ended_at - p.piece_start END) AS watched,
                min(p.started_at) AS first_at,
                max(p.ended_at) AS last_at,
-               bool_or(NOT (pg_catalog.isfinite(p.started_at) AND pg_catalog.isfinite(p.ended_at))) AS infinite
+               bool_or(NOT (pg_catalog.isfinite(p.started_at) AND pg_catalog.isfinite(p.ended_at))) AS infinite,
+               array_agg(p.piece_start ORDER BY p.piece_start) FILTER (WHERE p.ended_at > p.piece_start) AS starts,
+               array_agg(p.ended_at ORDER BY p.ended_at) FILTER (WHERE p.ended_at > p.piece_start) AS ends
           FROM pieces AS p
-    ), levels AS (
-        -- Viewers present just after each instant: at the same instant departures and
-        -- arrivals net out, so one leaving as another arrives is not two at once.
-        SELECT e.at, sum(e.delta) OVER (ORDER BY e.at RANGE UNBOUNDED PRECEDING) AS present
-          FROM pieces AS p
-         CROSS JOIN LATERAL (VALUES (p.piece_start, 1), (p.ended_at, -1)) AS e(at, delta)
-         WHERE p.ended_at > p.piece_start
     ), peak AS (
-        SELECT l.present, l.at FROM levels AS l ORDER BY l.present DESC, l.at LIMIT 1
+        -- At the same instant departures count before arrivals (one leaving as another
+        -- arrives is not two at once): the ends up to and including the start.
+        SELECT u.at, u.i - pg_catalog.width_bucket(u.at, t.ends) AS present
+          FROM totals AS t, unnest(t.starts) WITH ORDINALITY AS u(at, i)
+         WHERE NOT t.infinite
+         ORDER BY present DESC, u.at
+         LIMIT 1
     )
     SELECT t.infinite,
            CASE WHEN t.sessions > 0 AND NOT t.infinite THEN ARRAY[
-               t.viewers, t.sessions, t.watched, coalesce(k.present, 0),
+               t.viewers, t.sessions, coalesce(extract(epoch FROM t.watched), 0), coalesce(k.present, 0),
                CASE WHEN k.present > 0 THEN webinar_sessions._micros(k.at) END,
                webinar_sessions._micros(t.first_at), webinar_sessions._micros(t.last_at)
            ]::double precision[] END
