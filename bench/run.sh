@@ -198,6 +198,8 @@ echo "  join burst: $entered entries at $enters_per_s entries/s"
 # 5. Statistics over one webinar with many session rows: viewers with ten sessions each,
 # overlapping tabs included, one in twenty still open.
 viewers=$((stats_rows / 10))
+# One base time for both databases, so that both editions' figures can be compared as text.
+stats_base=$(q -c "SELECT now()")
 for db in bench bench_hosted; do
 q -c "TRUNCATE webinar_sessions.webinar_user_sessions" >/dev/null
 q -c "SELECT setseed(0.42);
@@ -208,7 +210,7 @@ q -c "SELECT setseed(0.42);
              CASE WHEN k = 10 AND u % 2 = 0 THEN NULL ELSE s.entered + s.length END,
              CASE WHEN k = 10 AND u % 2 = 0 THEN NULL ELSE 'left' END
         FROM generate_series(1, $viewers) AS u, generate_series(1, 10) AS k,
-             LATERAL (SELECT now() - interval '3 hours' + k * interval '12 minutes' + random() * interval '10 minutes' AS entered,
+             LATERAL (SELECT timestamptz '$stats_base' - interval '3 hours' + k * interval '12 minutes' + random() * interval '10 minutes' AS entered,
                              interval '1 minute' + random() * interval '15 minutes' AS length
                        WHERE u > 0 AND k > 0) AS s" >/dev/null  # correlated: random() per row
 q -c "VACUUM ANALYZE webinar_sessions.webinar_user_sessions"
