@@ -216,30 +216,32 @@ q -c "SELECT setseed(0.42);
 q -c "VACUUM ANALYZE webinar_sessions.webinar_user_sessions"
 done
 db=bench
-bench "$out/watch-time.txt" -M prepared -c 1 -T "$seconds" -D viewers="$viewers" -U postgres \
-    -f bench/sql/watch_time.sql
-watch_time_ms=$(awk '/^latency average/ { print $4; exit }' "$out/watch-time.txt")
-for run in 1 2 3; do
-    q -c "\\timing on" -c "SELECT * FROM webinar_sessions.webinar_stats WHERE webinar_id = bench.webinar_of(0)" \
-        | awk '/^Time:/ { print $2 }'
-done >"$out/webinar-stats.ms"
-webinar_stats_ms=$(sort -n "$out/webinar-stats.ms" | sed -n 2p)
-q -c "EXPLAIN (ANALYZE, BUFFERS) SELECT * FROM webinar_sessions.webinar_stats WHERE webinar_id = bench.webinar_of(0)" \
-    >"$out/webinar-stats-plan.txt"
-q -c "EXPLAIN (ANALYZE, BUFFERS) SELECT * FROM webinar_sessions.watch_time WHERE webinar_id = bench.webinar_of(0) AND user_id = bench.user_of(7)" \
-    >"$out/watch-time-plan.txt"
+# statistics_of DB SUFFIX: watch_time (pgbench average) and webinar_stats (median of 3) in
+# database DB, into the variables watch_time_ms and webinar_stats_ms; raw output and plans
+# into $out/*SUFFIX.
+statistics_of() {
+    local db=$1 suffix=$2
+    bench "$out/watch-time$suffix.txt" -M prepared -c 1 -T "$seconds" -D viewers="$viewers" -U postgres \
+        -f bench/sql/watch_time.sql
+    watch_time_ms=$(awk '/^latency average/ { print $4; exit }' "$out/watch-time$suffix.txt")
+    for run in 1 2 3; do
+        q -c "\\timing on" -c "SELECT * FROM webinar_sessions.webinar_stats WHERE webinar_id = bench.webinar_of(0)" \
+            | awk '/^Time:/ { print $2 }'
+    done >"$out/webinar-stats$suffix.ms"
+    webinar_stats_ms=$(sort -n "$out/webinar-stats$suffix.ms" | sed -n 2p)
+    q -c "EXPLAIN (ANALYZE, BUFFERS) SELECT * FROM webinar_sessions.webinar_stats WHERE webinar_id = bench.webinar_of(0)" \
+        >"$out/webinar-stats$suffix-plan.txt"
+    q -c "EXPLAIN (ANALYZE, BUFFERS) SELECT * FROM webinar_sessions.watch_time WHERE webinar_id = bench.webinar_of(0) AND user_id = bench.user_of(7)" \
+        >"$out/watch-time$suffix-plan.txt"
+}
+statistics_of bench ""
 echo "  statistics: watch_time ${watch_time_ms} ms, webinar_stats over $stats_rows rows ${webinar_stats_ms} ms"
-# The same, on the hosted edition (the same rows: the same seed), whose figures must be equal.
-db=bench_hosted bench "$out/watch-time-hosted.txt" -M prepared -c 1 -T "$seconds" -D viewers="$viewers" -U postgres \
-    -f bench/sql/watch_time.sql
-hosted_watch_time_ms=$(awk '/^latency average/ { print $4; exit }' "$out/watch-time-hosted.txt")
-for run in 1 2 3; do
-    db=bench_hosted q -c "\\timing on" -c "SELECT * FROM webinar_sessions.webinar_stats WHERE webinar_id = bench.webinar_of(0)" \
-        | awk '/^Time:/ { print $2 }'
-done >"$out/webinar-stats-hosted.ms"
-hosted_webinar_stats_ms=$(sort -n "$out/webinar-stats-hosted.ms" | sed -n 2p)
-db=bench_hosted q -c "EXPLAIN (ANALYZE, BUFFERS) SELECT * FROM webinar_sessions.webinar_stats WHERE webinar_id = bench.webinar_of(0)" \
-    >"$out/webinar-stats-hosted-plan.txt"
+# The same, on the hosted edition (the same rows: the same seed and base time), whose figures
+# must be equal.
+rust_watch_time_ms=$watch_time_ms rust_webinar_stats_ms=$webinar_stats_ms
+statistics_of bench_hosted -hosted
+hosted_watch_time_ms=$watch_time_ms hosted_webinar_stats_ms=$webinar_stats_ms
+watch_time_ms=$rust_watch_time_ms webinar_stats_ms=$rust_webinar_stats_ms
 stats_of() { db=$1 q -c "SELECT row(s.*)::text FROM webinar_sessions.webinar_stats AS s WHERE webinar_id = bench.webinar_of(0)"; }
 if [ "$(stats_of bench)" = "$(stats_of bench_hosted)" ]; then stats_equal=yes; else
     stats_equal="NO: $(stats_of bench) against $(stats_of bench_hosted)"; fi

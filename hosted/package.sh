@@ -44,12 +44,13 @@ header() {
 #     Rust build's script defined in SQL for its own edition);
 #   sql/privileges.sql again,
 # so that an updated database holds what a fresh install of Y holds (tests/upgrade.rs checks it).
-newer() { [ "$(printf '%s\n%s\n' "$1" "$2" | sort -V | head -1)" = "$2" ] && [ "$1" != "$2" ]; }
+# Whether version $1 is $2 or later.
+at_least() { [ "$(printf '%s\n%s\n' "$1" "$2" | sort -V | head -1)" = "$2" ]; }
 for script in sql/webinar_sessions--*--*.sql; do
     name=$(basename "$script" .sql)
     from=${name#webinar_sessions--}
     from=${from%%--*}
-    newer "$from" "$first" || [ "$from" = "$first" ] || continue
+    at_least "$from" "$first" || continue
     if grep -qi 'LANGUAGE c\b' "$script"; then
         echo "hosted/package.sh: $script defines C functions; give them SQL versions in hosted/sql/ and" \
             "keep their definitions out of what this edition runs" >&2

@@ -140,7 +140,7 @@ fn the_previous_hosted_release_updates_through_pg_tle() {
     );
     let previous_dir = std::env::var("WEBINAR_SESSIONS_TEST_HOSTED_PREVIOUS_DIR")
         .expect("WEBINAR_SESSIONS_TEST_HOSTED_PREVIOUS_DIR names the previous release's package");
-    let current_dir = std::env::var("WEBINAR_SESSIONS_TEST_HOSTED_DIR").unwrap();
+    let current_dir = hosted_dir();
     let cluster = shared_cluster("hosted_upgrade");
     let mut fresh = cluster.supabase_database("fresh_install");
     let expected = catalog(&mut fresh);

@@ -153,6 +153,17 @@ BEGIN
 END
 $$;
 
+-- Whether a session id is acceptable: 1 to 128 characters, none of them a control character
+-- (Rust's char::is_control: the C0 and C1 controls; text cannot hold U+0000). The one check
+-- of _checked_user and _check_batch; SQL, so that PostgreSQL inlines it into them.
+CREATE FUNCTION webinar_sessions._session_id_ok(p_session_id text)
+RETURNS boolean
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+AS $$
+    SELECT pg_catalog.length(p_session_id) BETWEEN 1 AND 128
+       AND p_session_id !~ '[\u0001-\u001f\u007f-\u009f]';
+$$;
+
 -- Why a session id is unacceptable, with the value quoted; NULL when it is fine
 -- (input::session_id_problem).
 CREATE FUNCTION webinar_sessions._session_id_problem(p_session_id text)
@@ -169,7 +180,6 @@ BEGIN
     ELSIF v_length > 128 THEN
         v_problem := 'is ' || v_length || ' characters long; at most 128 are allowed';
     ELSE
-        -- Rust's char::is_control: the C0 and C1 controls (text cannot hold U+0000).
         v_at := pg_catalog.regexp_instr(p_session_id, '[\u0001-\u001f\u007f-\u009f]');
         IF v_at = 0 THEN
             RETURN NULL;
@@ -198,8 +208,7 @@ BEGIN
     END IF;
     IF session_id IS NULL THEN
         RAISE EXCEPTION 'session_id must not be null' USING ERRCODE = 'null_value_not_allowed';
-    ELSIF NOT (pg_catalog.length(session_id) BETWEEN 1 AND 128
-               AND session_id !~ '[\u0001-\u001f\u007f-\u009f]') THEN
+    ELSIF NOT webinar_sessions._session_id_ok(session_id) THEN
         RAISE EXCEPTION 'session_id %', webinar_sessions._session_id_problem(session_id)
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
@@ -284,9 +293,7 @@ BEGIN
     PERFORM webinar_sessions._check_ids('webinar_ids', webinar_ids);
     SELECT u.at, u.session_id INTO v_at, v_session
       FROM unnest(session_ids) WITH ORDINALITY AS u(session_id, at)
-     WHERE u.session_id IS NULL
-        OR NOT (pg_catalog.length(u.session_id) BETWEEN 1 AND 128
-                AND u.session_id !~ '[\u0001-\u001f\u007f-\u009f]')
+     WHERE u.session_id IS NULL OR NOT webinar_sessions._session_id_ok(u.session_id)
      ORDER BY u.at LIMIT 1;
     IF v_at IS NOT NULL AND v_session IS NULL THEN
         RAISE EXCEPTION 'session_ids[%] must not be null', v_at USING ERRCODE = 'null_value_not_allowed';

@@ -300,9 +300,7 @@ impl Cluster {
     /// package with pgtle.install_extension (as dbdev.install() does) and creates the
     /// extension in its own schema (hosted/README.md).
     pub fn install_hosted(&self, admin: &mut Client, database: &str) {
-        let dir = std::env::var("WEBINAR_SESSIONS_TEST_HOSTED_DIR")
-            .expect("WEBINAR_SESSIONS_TEST_HOSTED_DIR names the folder hosted/package.sh wrote");
-        self.install_hosted_package(admin, database, &dir);
+        self.install_hosted_package(admin, database, &hosted_dir());
     }
 
     /// `install_hosted` from the package in `dir`.
@@ -334,9 +332,13 @@ impl Cluster {
 /// The default version and install script of the hosted package in
 /// `$WEBINAR_SESSIONS_TEST_HOSTED_DIR`.
 pub fn hosted_package() -> (String, String) {
-    let dir = std::env::var("WEBINAR_SESSIONS_TEST_HOSTED_DIR")
-        .expect("WEBINAR_SESSIONS_TEST_HOSTED_DIR names the folder hosted/package.sh wrote");
-    hosted_package_in(&dir)
+    hosted_package_in(&hosted_dir())
+}
+
+/// `$WEBINAR_SESSIONS_TEST_HOSTED_DIR`: the folder hosted/package.sh wrote.
+pub fn hosted_dir() -> String {
+    std::env::var("WEBINAR_SESSIONS_TEST_HOSTED_DIR")
+        .expect("WEBINAR_SESSIONS_TEST_HOSTED_DIR names the folder hosted/package.sh wrote")
 }
 
 /// The default version and install script of the hosted package in `dir`.
