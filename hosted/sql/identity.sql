@@ -38,6 +38,21 @@ AS $$
                 ELSE p_text END;
 $$;
 
+-- Whether text is a uuid in one of the two spellings a JWT sub takes: 8-4-4-4-12 hex digits,
+-- or 32 without hyphens. (String functions, not a regular expression: ten times cheaper, and
+-- this runs on every call; SQL, so that PostgreSQL inlines it into its callers.)
+CREATE FUNCTION webinar_sessions._uuid_shaped(p_text text)
+RETURNS boolean
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+AS $$
+    SELECT coalesce((pg_catalog.length(p_text) = 32
+                     OR (pg_catalog.length(p_text) = 36 AND pg_catalog.substr(p_text, 9, 1) = '-'
+                         AND pg_catalog.substr(p_text, 14, 1) = '-' AND pg_catalog.substr(p_text, 19, 1) = '-'
+                         AND pg_catalog.substr(p_text, 24, 1) = '-'))
+                    AND pg_catalog.translate(p_text, '0123456789abcdefABCDEF-', '') = ''
+                    AND pg_catalog.length(pg_catalog.replace(p_text, '-', '')) = 32, false);
+$$;
+
 -- What the request's claims say about the caller (identity::claimed_caller): kind 'user'
 -- with user_id, 'nobody' (no claims, or no sub), or 'invalid' with why.
 --
@@ -49,15 +64,35 @@ CREATE FUNCTION webinar_sessions._claimed_caller(OUT kind text, OUT user_id uuid
 LANGUAGE plpgsql STABLE PARALLEL UNSAFE
 AS $$
 DECLARE
-    -- Rust's str::trim: Unicode White_Space. An empty setting is what a transaction-local
-    -- value leaves behind after its transaction.
-    v_space constant text := E' \t\n\r\f\u000b\u0085\u00a0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000';
     v_text text := pg_catalog.current_setting('request.jwt.claims', true);
+    v_fast jsonb;
     v_claims json;
     v_sub_json json;
     v_sub text;
     v_unescaped text;
+    -- Rust's str::trim: Unicode White_Space. An empty setting is what a transaction-local
+    -- value leaves behind after its transaction.
+    v_space text;
 BEGIN
+    -- The common case first, in few expressions: PostgreSQL sets each up anew in every
+    -- transaction, and a PostgREST request is one transaction with one call. Claims that
+    -- parse as a JSON object (jsonb: parsed once, not once per operator) with a non-nil
+    -- uuid-shaped string sub and no \u0000 give what the general reading below gives.
+    IF pg_catalog.left(v_text, 1) = '{' AND pg_catalog.strpos(v_text, '\u0000') = 0 THEN
+        BEGIN
+            v_fast := v_text::jsonb;
+        EXCEPTION WHEN OTHERS THEN
+            v_fast := NULL;   -- (the general reading says why)
+        END;
+        v_sub := CASE WHEN pg_catalog.jsonb_typeof(v_fast -> 'sub') = 'string' THEN v_fast ->> 'sub' END;
+        IF (CASE WHEN webinar_sessions._uuid_shaped(v_sub)
+                 THEN v_sub::uuid <> '00000000-0000-0000-0000-000000000000' ELSE false END) THEN
+            kind := 'user';
+            user_id := v_sub::uuid;
+            RETURN;
+        END IF;
+    END IF;
+    v_space := E' \t\n\r\f\u000b\u0085\u00a0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000';
     IF v_text IS NULL OR pg_catalog.btrim(v_text, v_space) = '' THEN
         -- PostgREST before v9 set the sub claim alone.
         v_sub := pg_catalog.current_setting('request.jwt.claim.sub', true);
@@ -97,15 +132,7 @@ BEGIN
         END IF;
         v_sub := v_sub_json #>> '{}';
     END IF;
-    -- The two spellings a JWT sub takes: 8-4-4-4-12 hex digits, or 32 without hyphens.
-    -- (String functions, not a regular expression: ten times cheaper, and this runs on every
-    -- call.)
-    IF (pg_catalog.length(v_sub) = 32
-        OR (pg_catalog.length(v_sub) = 36 AND pg_catalog.substr(v_sub, 9, 1) = '-' AND pg_catalog.substr(v_sub, 14, 1) = '-'
-            AND pg_catalog.substr(v_sub, 19, 1) = '-' AND pg_catalog.substr(v_sub, 24, 1) = '-'
-            AND pg_catalog.length(pg_catalog.replace(v_sub, '-', '')) = 32))
-       AND pg_catalog.translate(v_sub, '0123456789abcdefABCDEF-', '') = ''
-       AND pg_catalog.length(pg_catalog.replace(v_sub, '-', '')) = 32 THEN
+    IF webinar_sessions._uuid_shaped(v_sub) THEN
         user_id := v_sub::uuid;
         IF user_id = '00000000-0000-0000-0000-000000000000' THEN
             kind := 'invalid';
@@ -129,10 +156,15 @@ $$;
 -- caller's own settings.
 CREATE FUNCTION webinar_sessions.current_user_id()
 RETURNS uuid
-LANGUAGE sql STABLE PARALLEL UNSAFE SECURITY DEFINER
+LANGUAGE plpgsql STABLE PARALLEL UNSAFE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
+-- (plpgsql, not sql: a SECURITY DEFINER sql function is planned again in every transaction.)
 AS $$
-    SELECT CASE WHEN c.kind = 'user' THEN c.user_id END FROM webinar_sessions._claimed_caller() AS c;
+DECLARE
+    v_me record := webinar_sessions._claimed_caller();
+BEGIN
+    RETURN CASE WHEN v_me.kind = 'user' THEN v_me.user_id END;
+END
 $$;
 
 -- May the caller act for any user? True for superusers, the extension's owner and members of
@@ -201,6 +233,15 @@ AS $$
 DECLARE
     v_me record;
 BEGIN
+    -- The common case in few expressions (see _claimed_caller): good arguments, no user_id,
+    -- a signed-in caller. Anything else takes the checks below, in their order.
+    IF webinar_id <> '00000000-0000-0000-0000-000000000000' AND webinar_sessions._session_id_ok(session_id)
+       AND user_id IS NULL THEN
+        v_me := webinar_sessions._claimed_caller();
+        IF v_me.kind = 'user' THEN
+            RETURN v_me.user_id;
+        END IF;
+    END IF;
     IF webinar_id IS NULL THEN
         RAISE EXCEPTION 'webinar_id must not be null' USING ERRCODE = 'null_value_not_allowed';
     ELSIF webinar_id = '00000000-0000-0000-0000-000000000000' THEN
@@ -364,11 +405,16 @@ END
 $$;
 
 -- The heartbeat interval clients should use, in seconds (webinar_sessions.heartbeat_interval).
+-- Unset, or the default as PostgreSQL shows it when the Rust library (loaded for another
+-- database of the server) defines the setting: 120 at once, in the caller's expression
+-- (PostgreSQL inlines this); anything else is read by _setting_seconds.
 CREATE FUNCTION webinar_sessions._heartbeat_interval_s()
 RETURNS integer
 LANGUAGE sql STABLE PARALLEL SAFE
 AS $$
-    SELECT webinar_sessions._setting_seconds('webinar_sessions.heartbeat_interval', 120, 86400);
+    SELECT CASE WHEN coalesce(pg_catalog.current_setting('webinar_sessions.heartbeat_interval', true), '') IN ('', '2min')
+                THEN 120
+                ELSE webinar_sessions._setting_seconds('webinar_sessions.heartbeat_interval', 120, 86400) END;
 $$;
 
 -- The default staleness limit of a sweep, in seconds (webinar_sessions.stale_after).
