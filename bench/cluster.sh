@@ -4,7 +4,8 @@
 #                     account when we are root), appends standard input to its
 #                     postgresql.conf, starts it on a free port of the loopback address, and
 #                     stops and removes it when the script exits. Sets cluster, port, and
-#                     as_owner (tests/harness/os_user.sh).
+#                     as_owner (tests/harness/os_user.sh). Called again, it starts one more
+#                     (bench/citus.sh): cluster and port are the newest one's.
 
 start_cluster() {
     source tests/harness/os_user.sh
@@ -16,11 +17,16 @@ start_cluster() {
         printf "port = %s\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '%s'\n" "$port" "$cluster"
         cat
     } >>"$cluster/data/postgresql.conf"
+    all_clusters+=("$cluster")
     trap stop_cluster EXIT
     "${as_owner[@]}" pg_ctl -D "$cluster/data" -l "$cluster/server.log" -w start >/dev/null
 }
 
+all_clusters=()
 stop_cluster() {
-    "${as_owner[@]}" pg_ctl -D "$cluster/data" -m fast stop >/dev/null 2>&1 || true
-    rm -rf "$cluster"
+    local each
+    for each in "${all_clusters[@]}"; do
+        "${as_owner[@]}" pg_ctl -D "$each/data" -m fast stop >/dev/null 2>&1 || true
+        rm -rf "$each"
+    done
 }

@@ -4,6 +4,8 @@
 #
 #   bench/run.sh              the full run (about 18 minutes on 2 cores, the analytics included)
 #   bench/run.sh --smoke      seconds-long, to keep the script working in CI (output under target/)
+#   bench/run.sh --citus      heartbeats through a Citus coordinator and two worker nodes against a
+#                             single node, on this machine (bench/citus.sh); with --smoke, short
 #
 # Options: --seconds S (per heartbeat measurement, default 20), --rounds R (default 3),
 # --clients C (default 32), --no-install (use the installed build as it is).
@@ -19,7 +21,7 @@ cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:/usr/lib/postgresql/15/bin:$PATH"
 
 command_line="bench/run.sh $*"
-seconds=20 rounds=3 clients=32 install=1 smoke=0
+seconds=20 rounds=3 clients=32 install=1 smoke=0 citus=0
 sizes=(5000 100000) sweep_total=500000 sweep_stale=50000 burst=100000 stats_rows=1000000
 shared_buffers=2GB
 while (($#)); do
@@ -30,7 +32,8 @@ while (($#)); do
         --rounds) rounds=$2; shift ;;
         --clients) clients=$2; shift ;;
         --no-install) install=0 ;;
-        *) echo "usage: bench/run.sh [--smoke] [--seconds S] [--rounds R] [--clients C] [--no-install]" >&2; exit 2 ;;
+        --citus) citus=1 ;;
+        *) echo "usage: bench/run.sh [--smoke] [--citus] [--seconds S] [--rounds R] [--clients C] [--no-install]" >&2; exit 2 ;;
     esac
     shift
 done
@@ -45,6 +48,9 @@ out="bench/results/$(date -u +%Y%m%dT%H%M%SZ)"
 ((smoke)) && out="target/bench-smoke/$(date -u +%Y%m%dT%H%M%SZ)"
 mkdir -p "$out"
 summary="$out/summary.md"
+if ((citus)); then
+    SMOKE=$smoke shared_buffers=$shared_buffers exec bench/citus.sh "$seconds" "$rounds" "$clients" "$out"
+fi
 
 # A throwaway cluster (bench/cluster.sh).
 source bench/cluster.sh
@@ -119,13 +125,17 @@ hb_tsv="$out/heartbeats.tsv"
 printf 'sessions\tvariant\tround\ttps\ttransactions\tupdates\thot\twal_bytes\n' >"$hb_tsv"
 for sessions in "${sizes[@]}"; do
     q -c "SELECT bench.load_active($sessions)" >/dev/null
-    db=bench_hosted q -c "SELECT bench.load_active($sessions)" \
-        -c "VACUUM ANALYZE webinar_sessions.webinar_user_sessions" >/dev/null
     # Every session heartbeats once, so that the buffer knows them all (as it would after the
-    # first two minutes of a webinar).
+    # first two minutes of a webinar), and so that the table's pages are as a webinar under
+    # way leaves them, in both databases: pages as loaded, fuller, are pruned three times as
+    # often (a fifth more WAL per heartbeat, measured).
     q -c "SET webinar_sessions.heartbeat_mode = 'buffered'" \
       -c "SELECT count(webinar_sessions.heartbeat(webinar_id, session_id, user_id))
             FROM webinar_sessions.webinar_user_sessions WHERE exited_at IS NULL" >/dev/null
+    db=bench_hosted q -c "SELECT bench.load_active($sessions)" \
+        -c "SELECT count(webinar_sessions.heartbeat(webinar_id, session_id, user_id))
+              FROM webinar_sessions.webinar_user_sessions WHERE exited_at IS NULL" \
+        -c "VACUUM ANALYZE webinar_sessions.webinar_user_sessions" >/dev/null
     q -c "VACUUM ANALYZE webinar_sessions.webinar_user_sessions" -c "VACUUM ANALYZE bench.seed_sessions" -c "CHECKPOINT"
     for ((round = 1; round <= rounds; round++)); do
         for ((i = 0; i < ${#variants[@]}; i++)); do

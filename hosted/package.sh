@@ -19,7 +19,7 @@ first=0.5.0
 # In the order the Rust build's generated script has them (src/lib.rs): what each file needs
 # comes before it.
 parts=(hosted/sql/identity.sql sql/schema.sql hosted/sql/buffer.sql sql/api.sql
-    hosted/sql/stats.sql sql/stats.sql sql/report.sql sql/privileges.sql)
+    hosted/sql/stats.sql sql/stats.sql sql/report.sql sql/distribute.sql sql/privileges.sql)
 # This edition's own functions (hosted/sql/*.sql holds nothing else).
 own=(hosted/sql/identity.sql hosted/sql/buffer.sql hosted/sql/stats.sql)
 

@@ -20,21 +20,28 @@
 --   exited_at IS NULL on the new row version, finds nothing, and we open a new session;
 -- * two calls opening the same key: the unique partial index lets one INSERT win; the other
 --   waits for it, does nothing, and loops back to find the winner's row with the UPDATE.
-CREATE FUNCTION webinar_sessions._mark_alive(
+--
+-- _upsert_session is the row's part: the UPDATE, or the INSERT when there is no active
+-- session; _mark_alive adds the heartbeat buffer. The row's part is a function of its own
+-- so that on Citus (distribute()) it runs on the node that holds the webinar's shard: one
+-- round trip for the whole call, whichever statements it needs. Everything it reads comes in
+-- its arguments (the caller's identity and the settings stay with the caller); it touches
+-- neither the heartbeat buffer nor any setting.
+CREATE FUNCTION webinar_sessions._upsert_session(
     p_webinar_id    uuid,
     p_user_id       uuid,
     p_session_id    text,
     p_found_status  text,
     p_opened_status text,
-    p_opened_alive  boolean   -- does a newly opened session count as heartbeated?
+    p_opened_alive  boolean,   -- does a newly opened session count as heartbeated?
+    p_interval      integer    -- the heartbeat_interval_s the answer carries
 ) RETURNS webinar_sessions.session_status
 LANGUAGE plpgsql VOLATILE
--- No SET search_path here: it costs a GUC save and restore on every heartbeat, and the only
--- callers are this schema's SECURITY DEFINER functions, which pin it already.
+-- No SET search_path here: it costs a GUC save and restore on every heartbeat. Every name is
+-- qualified, and the operators on uuid, text and timestamptz are pg_catalog's, which is
+-- searched first when the search path does not list it (where Citus runs the function, too).
 AS $$
 DECLARE
-    v_interval integer := webinar_sessions._heartbeat_interval_s();
-    v_tracked boolean;
     r webinar_sessions.session_status;
 BEGIN
     FOR attempt IN 1..5 LOOP
@@ -46,11 +53,9 @@ BEGIN
            AND s.session_id = p_session_id
            AND s.exited_at IS NULL
         RETURNING s.id, s.webinar_id, s.session_id, p_found_status,
-                  s.entered_at, s.last_heartbeat_at, s.exited_at, v_interval
+                  s.entered_at, s.last_heartbeat_at, s.exited_at, p_interval
         INTO r;
         IF FOUND THEN
-            v_tracked := webinar_sessions._buffer_track(r.id, p_webinar_id, p_user_id, p_session_id,
-                                                        r.entered_at, r.last_heartbeat_at);
             RETURN r;
         END IF;
 
@@ -60,16 +65,41 @@ BEGIN
                 CASE WHEN p_opened_alive THEN now() END, now())
         ON CONFLICT (webinar_id, user_id, session_id) WHERE exited_at IS NULL DO NOTHING
         RETURNING s.id, s.webinar_id, s.session_id, p_opened_status,
-                  s.entered_at, s.last_heartbeat_at, s.exited_at, v_interval
+                  s.entered_at, s.last_heartbeat_at, s.exited_at, p_interval
         INTO r;
         IF FOUND THEN
-            v_tracked := webinar_sessions._buffer_track(r.id, p_webinar_id, p_user_id, p_session_id,
-                                                        r.entered_at, r.last_heartbeat_at);
             RETURN r;
         END IF;
     END LOOP;
     RAISE EXCEPTION 'session % of webinar % kept changing under concurrent calls', p_session_id, p_webinar_id
         USING ERRCODE = 'serialization_failure', HINT = 'Retry the call.';
+END
+$$;
+
+CREATE FUNCTION webinar_sessions._mark_alive(
+    p_webinar_id    uuid,
+    p_user_id       uuid,
+    p_session_id    text,
+    p_found_status  text,
+    p_opened_status text,
+    p_opened_alive  boolean   -- does a newly opened session count as heartbeated?
+) RETURNS webinar_sessions.session_status
+LANGUAGE plpgsql VOLATILE
+-- No SET search_path here either: the only callers are this schema's SECURITY DEFINER
+-- functions, which pin it already.
+AS $$
+DECLARE
+    v_tracked boolean;
+    r webinar_sessions.session_status;
+BEGIN
+    -- In FROM, not as an expression: that is the form Citus delegates from PL/pgSQL.
+    SELECT u.* INTO r
+      FROM webinar_sessions._upsert_session(p_webinar_id, p_user_id, p_session_id, p_found_status,
+                                            p_opened_status, p_opened_alive,
+                                            webinar_sessions._heartbeat_interval_s()) AS u;
+    v_tracked := webinar_sessions._buffer_track(r.id, p_webinar_id, p_user_id, p_session_id,
+                                                r.entered_at, r.last_heartbeat_at);
+    RETURN r;
 END
 $$;
 
@@ -111,13 +141,14 @@ AS $$
 DECLARE
     v_user uuid := webinar_sessions._checked_user(heartbeat.webinar_id, heartbeat.session_id, heartbeat.user_id);
     r webinar_sessions.session_status := webinar_sessions._buffer_probe(heartbeat.webinar_id, v_user, heartbeat.session_id);
-    v_async text;
 BEGIN
     IF r.id IS NOT NULL THEN
         RETURN r;
     END IF;
     IF pg_catalog.txid_current_if_assigned() IS NULL THEN
-        v_async := pg_catalog.set_config('synchronous_commit', 'off', true);
+        -- (A SET statement, not set_config: Citus passes SET LOCAL on to the worker nodes,
+        -- where the row is written and committed.)
+        SET LOCAL synchronous_commit TO off;
     END IF;
     r := webinar_sessions._mark_alive(
         heartbeat.webinar_id, v_user, heartbeat.session_id, 'alive', 'reopened', true);
@@ -132,6 +163,40 @@ $$;
 COMMENT ON FUNCTION webinar_sessions.heartbeat(uuid, text, uuid) IS
     'Marks the active session alive (status alive), or opens a new one when it was swept, left or never opened (status reopened).';
 
+-- The row's part of leave, delegated like _upsert_session: closes the active session, with
+-- the newest heartbeat the buffer held for it and had not written (p_unwritten).
+CREATE FUNCTION webinar_sessions._close_session(
+    p_webinar_id uuid,
+    p_user_id    uuid,
+    p_session_id text,
+    p_unwritten  timestamptz,
+    p_interval   integer
+) RETURNS webinar_sessions.session_status
+LANGUAGE plpgsql VOLATILE
+-- (No SET search_path: see _upsert_session.)
+AS $$
+DECLARE
+    r webinar_sessions.session_status;
+BEGIN
+    UPDATE webinar_sessions.webinar_user_sessions AS s
+       SET exited_at = greatest(now(), s.last_heartbeat_at, p_unwritten, s.entered_at),
+           last_heartbeat_at = greatest(s.last_heartbeat_at, p_unwritten),
+           exit_reason = 'left',
+           updated_at = now()
+     WHERE s.webinar_id = p_webinar_id
+       AND s.user_id = p_user_id
+       AND s.session_id = p_session_id
+       AND s.exited_at IS NULL
+    RETURNING s.id, s.webinar_id, s.session_id, 'left',
+              s.entered_at, s.last_heartbeat_at, s.exited_at, p_interval
+    INTO r;
+    IF NOT FOUND THEN
+        r := ROW(NULL, p_webinar_id, p_session_id, 'not_found', NULL, NULL, NULL, p_interval);
+    END IF;
+    RETURN r;
+END
+$$;
+
 CREATE FUNCTION webinar_sessions.leave(webinar_id uuid, session_id text, user_id uuid DEFAULT NULL)
 RETURNS webinar_sessions.session_status
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
@@ -139,7 +204,6 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     v_user uuid := webinar_sessions._checked_user(leave.webinar_id, leave.session_id, leave.user_id);
-    v_interval integer := webinar_sessions._heartbeat_interval_s();
     -- Takes the session out of the heartbeat buffer (for good when this commits), with its
     -- newest heartbeat not yet written.
     v_unwritten timestamptz := webinar_sessions._buffer_closing(leave.webinar_id, v_user, leave.session_id);
@@ -147,21 +211,9 @@ DECLARE
 BEGIN
     -- Durable, even after a heartbeat earlier in the same transaction turned it off.
     SET LOCAL synchronous_commit TO DEFAULT;
-    UPDATE webinar_sessions.webinar_user_sessions AS s
-       SET exited_at = greatest(now(), s.last_heartbeat_at, v_unwritten, s.entered_at),
-           last_heartbeat_at = greatest(s.last_heartbeat_at, v_unwritten),
-           exit_reason = 'left',
-           updated_at = now()
-     WHERE s.webinar_id = leave.webinar_id
-       AND s.user_id = v_user
-       AND s.session_id = leave.session_id
-       AND s.exited_at IS NULL
-    RETURNING s.id, s.webinar_id, s.session_id, 'left',
-              s.entered_at, s.last_heartbeat_at, s.exited_at, v_interval
-    INTO r;
-    IF NOT FOUND THEN
-        r := ROW(NULL, leave.webinar_id, leave.session_id, 'not_found', NULL, NULL, NULL, v_interval);
-    END IF;
+    SELECT c.* INTO r
+      FROM webinar_sessions._close_session(leave.webinar_id, v_user, leave.session_id, v_unwritten,
+                                           webinar_sessions._heartbeat_interval_s()) AS c;
     RETURN r;
 END
 $$;
@@ -179,10 +231,12 @@ AS $$
 DECLARE
     v_count bigint;
     v_opened bigint;
+    -- (now(), as a value: Citus takes only immutable expressions in DO UPDATE SET.)
+    v_now timestamptz := now();
 BEGIN
     PERFORM webinar_sessions._check_batch(webinar_ids, session_ids, user_ids);
     IF pg_catalog.txid_current_if_assigned() IS NULL THEN
-        PERFORM pg_catalog.set_config('synchronous_commit', 'off', true);
+        SET LOCAL synchronous_commit TO off;   -- (a statement: see heartbeat)
     END IF;
     WITH marked AS (
         INSERT INTO webinar_sessions.webinar_user_sessions AS s
@@ -192,7 +246,7 @@ BEGIN
                AS b(webinar_id, session_id, user_id)
          ORDER BY 1, 2, 3
         ON CONFLICT (webinar_id, user_id, session_id) WHERE exited_at IS NULL
-        DO UPDATE SET last_heartbeat_at = greatest(s.last_heartbeat_at, now(), s.entered_at), updated_at = now()
+        DO UPDATE SET last_heartbeat_at = greatest(s.last_heartbeat_at, v_now, s.entered_at), updated_at = v_now
         RETURNING s.xmax::text = '0' AS opened   -- an inserted row has no xmax
     )
     SELECT count(*), count(*) FILTER (WHERE marked.opened) INTO v_count, v_opened FROM marked;
@@ -351,7 +405,8 @@ RETURNS bigint
 LANGUAGE sql VOLATILE
 SET search_path = pg_catalog, pg_temp
 AS $$
-    SELECT webinar_sessions._unattended_sweep('worker');
+    SELECT CASE WHEN NOT webinar_sessions._on_citus_worker_node()
+                THEN webinar_sessions._unattended_sweep('worker') END;
 $$;
 
 -- Sweeps without the background worker (hosted Supabase, or a server that does not preload
@@ -436,6 +491,9 @@ AS $$
 DECLARE
     v_written bigint;
 BEGIN
+    IF webinar_sessions._on_citus_worker_node() THEN
+        RETURN NULL;
+    END IF;
     BEGIN
         v_written := webinar_sessions._flush_buffer(false);
     EXCEPTION WHEN OTHERS THEN

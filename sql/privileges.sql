@@ -9,13 +9,14 @@
 --                  its own rows, presence, watch time and host rows (row-level security);
 --   service_role   everything, including sweep_stale_sessions, heartbeat_batch and the
 --                  per-webinar statistics;
---   anon           nothing.
+--   anon           nothing but public.webinar_sessions_pre_request (PostgREST's
+--                  db-pre-request on Citus, which runs for every request).
 
 REVOKE ALL ON ALL FUNCTIONS IN SCHEMA webinar_sessions FROM PUBLIC;
 REVOKE ALL ON FUNCTION public.enter_webinar(uuid, text), public.heartbeat(uuid, text),
     public.leave_webinar(uuid, text), public.live_viewers(uuid),
     public.webinar_report(uuid, double precision, timestamptz, timestamptz),
-    public.webinar_summary(uuid) FROM PUBLIC;
+    public.webinar_summary(uuid), public.webinar_sessions_pre_request() FROM PUBLIC;
 REVOKE ALL ON ALL TABLES IN SCHEMA webinar_sessions FROM PUBLIC;
 
 -- The row-level security policy calls it as the querying role. It reveals only the caller's
@@ -32,6 +33,8 @@ BEGIN
             public.webinar_summary(uuid) FROM anon;
         REVOKE ALL ON ALL FUNCTIONS IN SCHEMA webinar_sessions FROM anon;
         REVOKE ALL ON ALL TABLES IN SCHEMA webinar_sessions FROM anon;
+        -- PostgREST's db-pre-request on Citus runs for every request (sql/distribute.sql).
+        GRANT EXECUTE ON FUNCTION public.webinar_sessions_pre_request() TO anon;
     END IF;
 
     IF EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'authenticated') THEN
@@ -43,7 +46,8 @@ BEGIN
             public.live_viewers(uuid), webinar_sessions.live_viewers(uuid),
             public.webinar_report(uuid, double precision, timestamptz, timestamptz),
             webinar_sessions.webinar_report(uuid, double precision, timestamptz, timestamptz),
-            public.webinar_summary(uuid), webinar_sessions.webinar_summary(uuid)
+            public.webinar_summary(uuid), webinar_sessions.webinar_summary(uuid),
+            public.webinar_sessions_pre_request()
             TO authenticated;
         GRANT SELECT ON webinar_sessions.webinar_user_sessions, webinar_sessions.session_spans,
             webinar_sessions.presence, webinar_sessions.watch_time, webinar_sessions.webinar_hosts
@@ -55,7 +59,7 @@ BEGIN
         GRANT EXECUTE ON FUNCTION
             public.enter_webinar(uuid, text), public.heartbeat(uuid, text), public.leave_webinar(uuid, text),
             public.live_viewers(uuid), public.webinar_report(uuid, double precision, timestamptz, timestamptz),
-            public.webinar_summary(uuid)
+            public.webinar_summary(uuid), public.webinar_sessions_pre_request()
             TO service_role;
         GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA webinar_sessions TO service_role;
         GRANT SELECT, INSERT, UPDATE, DELETE ON webinar_sessions.webinar_user_sessions,

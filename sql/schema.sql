@@ -62,6 +62,27 @@ CREATE POLICY wus_read_own ON webinar_sessions.webinar_user_sessions
     FOR SELECT
     USING (user_id = (SELECT webinar_sessions.current_user_id()));
 
+-- Whether this database is a Citus worker node (Citus installed, this node not in group 0, the
+-- coordinator's). The coordinator sweeps and flushes for the whole cluster, and the calls of
+-- clients (and so the heartbeat buffer) are there: on a worker node the background worker
+-- and the buffer's triggers below do nothing (see distribute()).
+CREATE FUNCTION webinar_sessions._on_citus_worker_node()
+RETURNS boolean
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_worker boolean;
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_catalog.pg_extension WHERE extname = 'citus') THEN
+        RETURN false;
+    END IF;
+    -- (Dynamic: the table exists only with Citus.)
+    EXECUTE 'SELECT groupid <> 0 FROM pg_catalog.pg_dist_local_group' INTO v_worker;
+    RETURN coalesce(v_worker, false);
+END
+$$;
+
 -- Rows deleted or truncated behind the API's back leave the heartbeat buffer (see
 -- src/buffer.rs), so that it never answers for a session that is gone.
 CREATE FUNCTION webinar_sessions._forget_deleted() RETURNS trigger
@@ -69,7 +90,12 @@ LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-    PERFORM webinar_sessions._buffer_forget((SELECT pg_catalog.array_agg(gone.id) FROM gone), false);
+    -- (On a Citus worker node the trigger fires on a shard, and the buffer is the
+    -- coordinator's: nothing to forget here, and the flush there forgets the rows it no
+    -- longer finds.)
+    IF NOT webinar_sessions._on_citus_worker_node() THEN
+        PERFORM webinar_sessions._buffer_forget((SELECT pg_catalog.array_agg(gone.id) FROM gone), false);
+    END IF;
     RETURN NULL;
 END
 $$;
@@ -83,7 +109,9 @@ LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-    PERFORM webinar_sessions._buffer_forget(NULL, true);
+    IF NOT webinar_sessions._on_citus_worker_node() THEN
+        PERFORM webinar_sessions._buffer_forget(NULL, true);
+    END IF;
     RETURN NULL;
 END
 $$;

@@ -63,6 +63,11 @@ extension_sql_file!(
     name = "report",
     requires = ["api", "stats", identity::caller_is_service]
 );
+extension_sql_file!(
+    "../sql/distribute.sql",
+    name = "distribute",
+    requires = ["api"]
+);
 extension_sql_file!("../sql/privileges.sql", name = "privileges", finalize);
 
 #[cfg(any(test, feature = "pg_test"))]

@@ -518,8 +518,10 @@ fn a_heartbeat_while_a_sweep_is_under_way_is_never_overtaken() {
     let mut holder = cluster.connect("sweepwindow");
     let mut hold = holder.transaction().unwrap();
     hold.execute(
-        "SELECT 1 FROM webinar_sessions.webinar_user_sessions WHERE user_id = $1::text::uuid FOR UPDATE",
-        &[&blocker],
+        // (The webinar too: Citus locks rows only in a query on one shard.)
+        "SELECT 1 FROM webinar_sessions.webinar_user_sessions
+          WHERE webinar_id = $1::text::uuid AND user_id = $2::text::uuid FOR UPDATE",
+        &[&webinar, &blocker],
     )
     .unwrap();
     let sweep = {

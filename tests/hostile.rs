@@ -109,9 +109,10 @@ fn seed(admin: &mut Client, api: &mut Client, webinar: &str, a: &str, b: &str) {
     }
     admin
         .batch_execute(
+            // (In UTC: Citus takes no STABLE timestamptz - interval on columns in UPDATE.)
             "UPDATE webinar_sessions.webinar_user_sessions
-                SET entered_at = entered_at - interval '2 hours',
-                    last_heartbeat_at = last_heartbeat_at - interval '2 hours'
+                SET entered_at = ((entered_at AT TIME ZONE 'UTC') - interval '2 hours') AT TIME ZONE 'UTC',
+                    last_heartbeat_at = ((last_heartbeat_at AT TIME ZONE 'UTC') - interval '2 hours') AT TIME ZONE 'UTC'
               WHERE session_id IN ('tab-swept', 'tab-stale')",
         )
         .unwrap();
@@ -141,16 +142,18 @@ fn seed(admin: &mut Client, api: &mut Client, webinar: &str, a: &str, b: &str) {
     admin
         .batch_execute(
             "UPDATE webinar_sessions.webinar_user_sessions
-                SET entered_at = entered_at - interval '1 hour'
+                SET entered_at = ((entered_at AT TIME ZONE 'UTC') - interval '1 hour') AT TIME ZONE 'UTC'
               WHERE session_id = 'tab-stale' AND exited_at IS NULL",
         )
         .unwrap();
     let counts: (i64, i64, i64) = {
         let row = admin
             .query_one(
-                "SELECT count(*), count(*) FILTER (WHERE exited_at IS NULL),
-                        (SELECT count(*) FROM webinar_sessions.sweep_runs)
-                   FROM webinar_sessions.webinar_user_sessions",
+                // (Sub-selects side by side: Citus does not push one in a target list down
+                // with an aggregate.)
+                "SELECT (SELECT count(*) FROM webinar_sessions.webinar_user_sessions),
+                        (SELECT count(*) FROM webinar_sessions.webinar_user_sessions WHERE exited_at IS NULL),
+                        (SELECT count(*) FROM webinar_sessions.sweep_runs)",
                 &[],
             )
             .unwrap();
@@ -1627,11 +1630,14 @@ fn random_calls_match_the_model() {
                 settle(&mut admin);
                 let changed = admin
                     .execute(
+                        // (In UTC, as above: Citus.)
                         "UPDATE webinar_sessions.webinar_user_sessions AS s
-                            SET entered_at = s.entered_at
-                                    - (coalesce(s.last_heartbeat_at, s.entered_at) - (now() - make_interval(secs => $4))),
-                                last_heartbeat_at = s.last_heartbeat_at
-                                    - (coalesce(s.last_heartbeat_at, s.entered_at) - (now() - make_interval(secs => $4)))
+                            SET entered_at = ((s.entered_at AT TIME ZONE 'UTC')
+                                    - (coalesce(s.last_heartbeat_at, s.entered_at) - (now() - make_interval(secs => $4))))
+                                    AT TIME ZONE 'UTC',
+                                last_heartbeat_at = ((s.last_heartbeat_at AT TIME ZONE 'UTC')
+                                    - (coalesce(s.last_heartbeat_at, s.entered_at) - (now() - make_interval(secs => $4))))
+                                    AT TIME ZONE 'UTC'
                           WHERE s.webinar_id = $1::text::uuid AND s.user_id = $2::text::uuid
                             AND s.session_id = $3 AND s.exited_at IS NULL",
                         &[&webinar, &user, &session, &(age_s as f64)],

@@ -108,6 +108,18 @@ if [ $# -eq 0 ]; then
         --test api --test hostile --test stats
 fi
 
+# Citus (built by .ci/setup.sh): every cluster a coordinator and two worker nodes, every
+# database's session table distributed (README, "Citus"). Through the coordinator: the client
+# API, hostile-input, analytics and buffer suites, the invariant checker (many clients on few
+# keys against a sweeper: a heartbeat against a sweep, in both heartbeat modes; not its crash
+# variants) and what only Citus has (tests/citus.rs).
+if [ $# -eq 0 ]; then
+    echo "== Citus: a coordinator and two worker nodes"
+    WEBINAR_SESSIONS_TEST_CITUS=on cargo test --no-default-features --features "pg15 pg_test" \
+        --test citus --test api --test hostile --test stats --test buffer --test invariants \
+        -- --include-ignored --skip across_a_crash --skip rows_removed_behind_the_api_leave_the_buffer
+fi
+
 # Races, with PostgreSQL's own isolation tester: tests/isolation/specs/*.spec, each compared
 # with its expected output, on a temporary instance with the library preloaded. The argument is
 # the pg_config of the PostgreSQL to run them on.

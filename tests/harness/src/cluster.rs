@@ -46,6 +46,17 @@ pub fn extension_name() -> &'static str {
 
 pub const HOSTED_EXTENSION: &str = "acme@webinar_sessions";
 
+/// Whether the clusters are Citus clusters (`WEBINAR_SESSIONS_TEST_CITUS=on`): a coordinator,
+/// which the tests talk to, and two worker nodes on other ports of this machine, all three
+/// preloading `citus, webinar_sessions`; every database of [`Cluster::supabase_database`] has
+/// its session table distributed (`webinar_sessions.distribute()`).
+pub fn citus() -> bool {
+    std::env::var("WEBINAR_SESSIONS_TEST_CITUS").as_deref() == Ok("on")
+}
+
+/// The worker nodes of a Citus cluster.
+const CITUS_WORKERS: usize = 2;
+
 /// What hosted Supabase has and the Rust build does not need: the role that installs
 /// extensions, pg_tle and pg_cron (pg_cron lives in the postgres database only).
 const HOSTED_ROLES: &str = "
@@ -63,6 +74,8 @@ pub struct Cluster {
     pub port: u16,
     root: PathBuf,
     data: PathBuf,
+    /// A Citus coordinator's worker nodes (none otherwise).
+    workers: Vec<Cluster>,
 }
 
 fn bindir() -> PathBuf {
@@ -141,8 +154,20 @@ fn free_port() -> u16 {
 }
 
 impl Cluster {
-    /// initdb and start a cluster; `settings` are appended to postgresql.conf.
+    /// initdb and start a cluster; `settings` are appended to postgresql.conf. With
+    /// [`citus`], a coordinator and its worker nodes, each with the same settings.
     pub fn start(name: &str, settings: &[&str]) -> Cluster {
+        let mut cluster = Cluster::start_node(name, settings);
+        if citus() {
+            assert_eq!(edition(), Edition::Rust, "Citus runs the Rust build");
+            cluster.workers = (1..=CITUS_WORKERS)
+                .map(|i| Cluster::start_node(&format!("{name}-worker{i}"), settings))
+                .collect();
+        }
+        cluster
+    }
+
+    fn start_node(name: &str, settings: &[&str]) -> Cluster {
         let root = fresh_root(name);
         let data = root.join("data");
         check(
@@ -166,6 +191,7 @@ impl Cluster {
             port: free_port(),
             root,
             data,
+            workers: Vec::new(),
         };
         let mut conf = vec![
             format!("port = {}", cluster.port),
@@ -178,6 +204,12 @@ impl Cluster {
         // the library (CREATE EXTENSION then loads it late, as on a managed PostgreSQL).
         if edition() == Edition::Hosted {
             conf.push("shared_preload_libraries = 'pg_tle, pg_cron'".into());
+        } else if citus() {
+            // Citus first, as it requires; prepared transactions for its two-phase commits.
+            conf.push("shared_preload_libraries = 'citus, webinar_sessions'".into());
+            conf.push("max_prepared_transactions = 100".into());
+            // tests/citus.rs tells where a delegated function ran by its call counts.
+            conf.push("track_functions = 'pl'".into());
         } else if std::env::var("WEBINAR_SESSIONS_TEST_PRELOAD").as_deref() != Ok("off") {
             conf.push("shared_preload_libraries = 'webinar_sessions'".into());
         }
@@ -287,12 +319,83 @@ impl Cluster {
             .unwrap();
         let mut client = self.connect(database);
         match edition() {
+            Edition::Rust if citus() => return self.distributed_database(client, database),
             Edition::Rust => client
                 .batch_execute("CREATE EXTENSION webinar_sessions")
                 .unwrap(),
             Edition::Hosted => self.install_hosted(&mut client, database),
         }
         client
+    }
+
+    /// `supabase_database` on a Citus cluster, as its README section says: the database and
+    /// Citus on every node, the worker nodes added, CREATE EXTENSION on the coordinator (Citus
+    /// runs it on the workers), then distribute().
+    fn distributed_database(&self, mut client: Client, database: &str) -> Client {
+        // One at a time: adding a node copies the roles to it, and two tests doing so at
+        // once make the node's ALTER ROLEs collide ("tuple concurrently updated").
+        static SETTING_UP: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let _one_at_a_time = SETTING_UP.lock().unwrap_or_else(|e| e.into_inner());
+        for worker in &self.workers {
+            let mut admin = worker.connect("postgres");
+            let roles_exist: bool = admin
+                .query_one(
+                    "SELECT EXISTS (SELECT FROM pg_roles WHERE rolname = 'authenticator')",
+                    &[],
+                )
+                .unwrap()
+                .get(0);
+            if !roles_exist {
+                let _ = admin.batch_execute(SUPABASE_ROLES);
+            }
+            admin
+                .batch_execute(&format!("CREATE DATABASE {database}"))
+                .unwrap();
+            worker
+                .connect(database)
+                .batch_execute("CREATE EXTENSION citus")
+                .unwrap();
+        }
+        // Citus connects to the worker nodes as the querying role and copies the
+        // coordinator's roles to them whenever a node is added (to any database): the
+        // request roles must be LOGIN on the coordinator too (pg_hba.conf keeps them out of it
+        // in production: README, "Citus").
+        self.connect("postgres")
+            .batch_execute(
+                "ALTER ROLE anon LOGIN; ALTER ROLE authenticated LOGIN; ALTER ROLE service_role LOGIN",
+            )
+            .unwrap();
+        client.batch_execute("CREATE EXTENSION citus").unwrap();
+        client
+            .execute(
+                "SELECT citus_set_coordinator_host('127.0.0.1', $1)",
+                &[&i32::from(self.port)],
+            )
+            .unwrap();
+        for worker in &self.workers {
+            client
+                .execute(
+                    "SELECT citus_add_node('127.0.0.1', $1)",
+                    &[&i32::from(worker.port)],
+                )
+                .unwrap();
+        }
+        // Two transactions: distribute() prepares the worker nodes over connections of its
+        // own, which must see the extension there.
+        client
+            .batch_execute("CREATE EXTENSION webinar_sessions")
+            .unwrap();
+        client
+            .batch_execute("SELECT webinar_sessions.distribute(4)")
+            .unwrap();
+        // distribute() set citus.propagate_set_commands for the database: new sessions have it.
+        drop(client);
+        self.connect(database)
+    }
+
+    /// A Citus coordinator's worker nodes (empty otherwise).
+    pub fn workers(&self) -> &[Cluster] {
+        &self.workers
     }
 
     /// Installs the hosted edition into `database` the way hosted Supabase does: pg_tle is
@@ -364,6 +467,9 @@ impl Drop for Cluster {
 impl Cluster {
     /// Stops the server at once and, unless `keep_files`, removes everything it wrote.
     fn shut_down(&self, keep_files: bool) {
+        for worker in &self.workers {
+            worker.shut_down(keep_files);
+        }
         let log = self.log_path();
         let _ = run_as_owner(
             "pg_ctl",
@@ -482,6 +588,7 @@ impl Cluster {
             port: free_port(),
             root,
             data,
+            workers: Vec::new(),
         };
         let mut conf = vec![format!("port = {}", standby.port)];
         conf.extend(settings.iter().map(|s| s.to_string()));

@@ -27,6 +27,7 @@ pub const ARGUMENT_TYPES: &[(&str, &str)] = &[
     ("starts_at", "timestamptz"),
     ("ends_at", "timestamptz"),
     ("min_ratio", "double precision"),
+    ("shard_count", "integer"),
 ];
 
 fn argument_type(name: &str) -> &'static str {
@@ -82,6 +83,11 @@ pub fn begin_request<'c>(
             "SELECT set_config('request.jwt.claims', $1, true)",
             &[&claims],
         )?;
+    }
+    // On Citus, PostgREST is set up with db-pre-request = webinar_sessions_pre_request
+    // (README, "Citus"); it calls that as the request's role, one of its three.
+    if crate::cluster::citus() && ["anon", "authenticated", "service_role"].contains(&role) {
+        tx.execute("SELECT public.webinar_sessions_pre_request()", &[])?;
     }
     Ok(tx)
 }
