@@ -373,6 +373,10 @@ BEGIN
               USING distribute.shard_count;
         END IF;
         EXECUTE 'SELECT pg_catalog.create_reference_table(''webinar_sessions.webinar_hosts'')';
+        -- Rows that were there before are copied to the shards; their local copies would stay
+        -- on the coordinator's disk, unseen (user ids and all).
+        EXECUTE 'SELECT pg_catalog.truncate_local_data_after_distributing_table(''webinar_sessions.webinar_user_sessions'')';
+        EXECUTE 'SELECT pg_catalog.truncate_local_data_after_distributing_table(''webinar_sessions.webinar_hosts'')';
     END IF;
 
     -- Delegation (again, harmless when it is there): a call from the API's functions runs on

@@ -380,6 +380,16 @@ impl Cluster {
                 )
                 .unwrap();
         }
+        // And on the worker nodes (README): Citus copies there only the roles its objects
+        // need, anon not among them.
+        for worker in &self.workers {
+            worker
+                .connect("postgres")
+                .batch_execute(
+                    "ALTER ROLE anon LOGIN; ALTER ROLE authenticated LOGIN; ALTER ROLE service_role LOGIN",
+                )
+                .unwrap();
+        }
         // Two transactions: distribute() prepares the worker nodes over connections of its
         // own, which must see the extension there.
         client
