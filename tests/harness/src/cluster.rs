@@ -300,8 +300,8 @@ impl Cluster {
         self.connect_as(database, superuser())
     }
 
-    /// A new database with Supabase's roles (cluster-wide, created once) and the extension.
-    pub fn supabase_database(&self, database: &str) -> Client {
+    /// A new, empty database on this node, with Supabase's roles (cluster-wide, created once).
+    fn database_with_roles(&self, database: &str) {
         let mut admin = self.connect("postgres");
         let roles_exist: bool = admin
             .query_one(
@@ -317,6 +317,11 @@ impl Cluster {
         admin
             .batch_execute(&format!("CREATE DATABASE {database}"))
             .unwrap();
+    }
+
+    /// A new database with Supabase's roles (cluster-wide, created once) and the extension.
+    pub fn supabase_database(&self, database: &str) -> Client {
+        self.database_with_roles(database);
         let mut client = self.connect(database);
         match edition() {
             Edition::Rust if citus() => return self.distributed_database(client, database),
@@ -337,33 +342,20 @@ impl Cluster {
         static SETTING_UP: std::sync::Mutex<()> = std::sync::Mutex::new(());
         let _one_at_a_time = SETTING_UP.lock().unwrap_or_else(|e| e.into_inner());
         for worker in &self.workers {
-            let mut admin = worker.connect("postgres");
-            let roles_exist: bool = admin
-                .query_one(
-                    "SELECT EXISTS (SELECT FROM pg_roles WHERE rolname = 'authenticator')",
-                    &[],
-                )
-                .unwrap()
-                .get(0);
-            if !roles_exist {
-                let _ = admin.batch_execute(SUPABASE_ROLES);
-            }
-            admin
-                .batch_execute(&format!("CREATE DATABASE {database}"))
-                .unwrap();
+            worker.database_with_roles(database);
             worker
                 .connect(database)
                 .batch_execute("CREATE EXTENSION citus")
                 .unwrap();
         }
-        // Citus connects to the worker nodes as the querying role and copies the
-        // coordinator's roles to them whenever a node is added (to any database): the
-        // request roles must be LOGIN on the coordinator too (pg_hba.conf keeps them out of it
-        // in production: README, "Citus").
+        // Citus connects to the worker nodes as the querying role, and whenever a node is
+        // added (to any database) copies the roles its objects need, with the coordinator's
+        // attributes: the request roles must be LOGIN on the coordinator too (pg_hba.conf
+        // keeps them out of it in production: README, "Citus").
+        let request_roles_login =
+            "ALTER ROLE anon LOGIN; ALTER ROLE authenticated LOGIN; ALTER ROLE service_role LOGIN";
         self.connect("postgres")
-            .batch_execute(
-                "ALTER ROLE anon LOGIN; ALTER ROLE authenticated LOGIN; ALTER ROLE service_role LOGIN",
-            )
+            .batch_execute(request_roles_login)
             .unwrap();
         client.batch_execute("CREATE EXTENSION citus").unwrap();
         client
@@ -385,9 +377,7 @@ impl Cluster {
         for worker in &self.workers {
             worker
                 .connect("postgres")
-                .batch_execute(
-                    "ALTER ROLE anon LOGIN; ALTER ROLE authenticated LOGIN; ALTER ROLE service_role LOGIN",
-                )
+                .batch_execute(request_roles_login)
                 .unwrap();
         }
         // Two transactions: distribute() prepares the worker nodes over connections of its
