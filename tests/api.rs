@@ -505,6 +505,66 @@ fn odd_but_valid_claims_identify_the_caller() {
     }
 }
 
+/// A signed-in caller's heartbeat takes the short path: it runs no PL/pgSQL function beyond
+/// those its row needs, as pg_stat_xact_user_functions counts them in its transaction. In
+/// the hosted edition the identity check is one (_checked_user, C in the Rust build), and it
+/// reaches the general reading of the claims (_claimed_caller) only for claims that need it:
+/// here a \u0000, which jsonb refuses. (If the short path broke, every answer would stay
+/// right and only this test and the benchmark would notice.)
+#[test]
+fn a_signed_in_heartbeat_takes_the_short_path() {
+    let (mut admin, _) = database("short_path");
+    // Direct: the buffer answers a buffered heartbeat without any of the row's functions.
+    admin
+        .batch_execute(
+            "ALTER DATABASE short_path SET track_functions = 'pl';
+             ALTER DATABASE short_path SET webinar_sessions.heartbeat_mode = 'direct';",
+        )
+        .unwrap();
+    let mut api = shared_cluster("api").connect_as("short_path", "authenticator");
+    let (me, webinar) = (uuid(5), uuid(302));
+    let mut ran = |claims: &str| -> Vec<String> {
+        let mut tx = begin_request(&mut api, "authenticated", Some(claims)).unwrap();
+        tx.query_one(
+            "SELECT id FROM public.heartbeat(webinar_id => $1::text::uuid, session_id => 'tab')",
+            &[&webinar],
+        )
+        .unwrap_or_else(|e| panic!("{claims}: {e}"));
+        let names = tx
+            .query(
+                "SELECT funcname::text FROM pg_stat_xact_user_functions
+                  WHERE schemaname = 'webinar_sessions' ORDER BY funcname COLLATE \"C\"",
+                &[],
+            )
+            .unwrap()
+            .iter()
+            .map(|row| row.get(0))
+            .collect();
+        tx.commit().unwrap();
+        names
+    };
+    let hosted = edition() == Edition::Hosted;
+    // (On Citus the row's part runs on the worker node that holds the webinar's shard.)
+    let expected = |general_reading: bool| -> Vec<String> {
+        let mut names: Vec<String> = [
+            (hosted && general_reading, "_claimed_caller"),
+            (hosted, "_checked_user"),
+            (true, "_mark_alive"),
+            (!citus(), "_upsert_session"),
+            (true, "heartbeat"),
+        ]
+        .into_iter()
+        .filter_map(|(runs, name)| runs.then(|| name.to_string()))
+        .collect();
+        names.sort();
+        names
+    };
+    ran(&claims_for(&me)); // opens the session
+    assert_eq!(ran(&claims_for(&me)), expected(false));
+    let odd = format!(r#"{{"sub":"{me}","note":"a\u0000b"}}"#);
+    assert_eq!(ran(&odd), expected(true));
+}
+
 /// Row-level security under a parallel plan: the policy's current_user_id() runs inside it
 /// (the hosted edition's reads the claims in an exception block, which a parallel query cannot
 /// start: it must keep the plan serial, not fail).

@@ -11,7 +11,9 @@ use postgres::Client;
 /// Only 0.1.0 has a frozen install script: PostgreSQL installs 0.2.0 as 0.1.0 plus the
 /// 0.1.0 -> 0.2.0 script, and 0.3.0 as that plus the 0.2.0 -> 0.3.0 one, which this test
 /// proved equal to a fresh install of each while it was current.
-const EARLIER_RELEASES: &[&str] = &["0.1.0", "0.2.0", "0.3.0", "0.4.0", "0.5.0"];
+const EARLIER_RELEASES: &[&str] = &[
+    "0.1.0", "0.2.0", "0.3.0", "0.4.0", "0.5.0", "0.5.1", "0.6.0",
+];
 
 /// Everything that makes up the installed extension, as text: each member object with its
 /// definition and privileges, plus the tables' indexes, constraints, triggers and policies.

@@ -53,6 +53,22 @@ AS $$
                     AND pg_catalog.length(pg_catalog.replace(p_text, '-', '')) = 32, false);
 $$;
 
+-- The user a sub claim names, from the claim's value as jsonb writes it (jsonb -> 'sub', as
+-- text): a JSON string holding a non-nil uuid in one of the two spellings _uuid_shaped
+-- allows. NULL for any other length, shape, or JSON type (only a string's text starts with a
+-- quote, and a 32-hex-digit string is 34 characters long with its quotes). Hex digits are
+-- checked by the uuid cast, which RAISES for a string of the right shape that is not hex (or
+-- a number that looks like one): callers call it in an exception block, and take the
+-- general reading when it raises or gives NULL. SQL, so that PostgreSQL inlines it.
+CREATE FUNCTION webinar_sessions._sub_user(p_sub_json text)
+RETURNS uuid
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+AS $$
+    SELECT CASE WHEN pg_catalog.length(p_sub_json) = 34 AND pg_catalog.left(p_sub_json, 1) = '"'
+                  OR p_sub_json LIKE '"________-____-____-____-____________"'
+                THEN NULLIF(pg_catalog.btrim(p_sub_json, '"')::uuid, '00000000-0000-0000-0000-000000000000') END;
+$$;
+
 -- What the request's claims say about the caller (identity::claimed_caller): kind 'user'
 -- with user_id, 'nobody' (no claims, or no sub), or 'invalid' with why.
 --
@@ -65,7 +81,6 @@ LANGUAGE plpgsql STABLE PARALLEL UNSAFE
 AS $$
 DECLARE
     v_text text := pg_catalog.current_setting('request.jwt.claims', true);
-    v_fast jsonb;
     v_claims json;
     v_sub_json json;
     v_sub text;
@@ -76,19 +91,20 @@ DECLARE
 BEGIN
     -- The common case first, in few expressions: PostgreSQL sets each up anew in every
     -- transaction, and a PostgREST request is one transaction with one call. Claims that
-    -- parse as a JSON object (jsonb: parsed once, not once per operator) with a non-nil
-    -- uuid-shaped string sub and no \u0000 give what the general reading below gives.
-    IF pg_catalog.left(v_text, 1) = '{' AND pg_catalog.strpos(v_text, '\u0000') = 0 THEN
+    -- parse as jsonb with a sub that _sub_user accepts give what the general reading below
+    -- gives (jsonb and json read the same text alike, but for what jsonb refuses: \u0000,
+    -- numbers out of numeric's range; then, and for anything else, the general reading
+    -- says why). Only for an object, so that a caller without claims (anon) raises nothing.
+    IF pg_catalog.left(v_text, 1) = '{' THEN
         BEGIN
-            v_fast := v_text::jsonb;
+            -- (Into v_sub first: _sub_user reads its argument three times.)
+            v_sub := (v_text::jsonb -> 'sub')::text;
+            user_id := webinar_sessions._sub_user(v_sub);
         EXCEPTION WHEN OTHERS THEN
-            v_fast := NULL;   -- (the general reading says why)
+            user_id := NULL;
         END;
-        v_sub := CASE WHEN pg_catalog.jsonb_typeof(v_fast -> 'sub') = 'string' THEN v_fast ->> 'sub' END;
-        IF (CASE WHEN webinar_sessions._uuid_shaped(v_sub)
-                 THEN v_sub::uuid <> '00000000-0000-0000-0000-000000000000' ELSE false END) THEN
+        IF user_id IS NOT NULL THEN
             kind := 'user';
-            user_id := v_sub::uuid;
             RETURN;
         END IF;
     END IF;
@@ -231,16 +247,25 @@ RETURNS uuid
 LANGUAGE plpgsql STABLE PARALLEL UNSAFE
 AS $$
 DECLARE
+    v_sub text;
+    v_user uuid;
     v_me record;
 BEGIN
-    -- The common case in few expressions (see _claimed_caller): good arguments, no user_id,
-    -- a signed-in caller. Anything else takes the checks below, in their order.
-    IF webinar_id <> '00000000-0000-0000-0000-000000000000' AND webinar_sessions._session_id_ok(session_id)
-       AND user_id IS NULL THEN
-        v_me := webinar_sessions._claimed_caller();
-        IF v_me.kind = 'user' THEN
-            RETURN v_me.user_id;
-        END IF;
+    -- The common case in two expressions, without calling _claimed_caller (see there: every
+    -- expression and every call costs its set-up again in each transaction): good arguments,
+    -- no user_id, claims whose sub _sub_user accepts. The block catches what reading the
+    -- claims may raise; whatever is not this case takes the checks below, in their order,
+    -- which say why.
+    BEGIN
+        v_sub := (pg_catalog.current_setting('request.jwt.claims', true)::jsonb -> 'sub')::text;
+        v_user := CASE WHEN user_id IS NULL AND webinar_id <> '00000000-0000-0000-0000-000000000000'
+                            AND webinar_sessions._session_id_ok(session_id)
+                       THEN webinar_sessions._sub_user(v_sub) END;
+    EXCEPTION WHEN OTHERS THEN
+        v_user := NULL;
+    END;
+    IF v_user IS NOT NULL THEN
+        RETURN v_user;
     END IF;
     IF webinar_id IS NULL THEN
         RAISE EXCEPTION 'webinar_id must not be null' USING ERRCODE = 'null_value_not_allowed';

@@ -1,0 +1,5 @@
+-- webinar_sessions 0.6.0 -> 0.6.1: the SQL-only edition's identity check in fewer
+-- expressions (its heartbeats were 0.87x the Rust build's direct mode, under the 0.9x that
+-- issue 11 asks). Nothing of the Rust build's SQL changes; this script exists so that both
+-- editions carry the same version. (The SQL-only edition's functions are replaced by
+-- hosted/package.sh on every update.) tests/upgrade.rs compares the result with a fresh 0.6.1.
