@@ -554,7 +554,8 @@ fn a_signed_in_heartbeat_takes_the_short_path() {
             (true, "heartbeat"),
         ]
         .into_iter()
-        .filter_map(|(runs, name)| runs.then(|| name.to_string()))
+        .filter(|(runs, _)| *runs)
+        .map(|(_, name)| name.to_string())
         .collect();
         names.sort();
         names
