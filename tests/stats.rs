@@ -368,6 +368,59 @@ fn analytics_match_on_a_200_session_viewer_and_on_bucket_edges() {
     check_webinar(&mut client, 9_002, &edges);
 }
 
+/// A crowd: the hosted edition counts the peak block by block (hosted/sql/stats.sql) and
+/// skips the blocks that cannot hold it, which only a webinar of many sessions shows: 400
+/// viewers arriving around a hump, with rejoins, second tabs and a group that enters and
+/// leaves at the very same seconds (ties at the block edges), and a plateau the peak reaches
+/// more than once, where the first time must win.
+#[test]
+fn analytics_match_on_a_crowd_whose_peak_needs_few_of_its_blocks() {
+    let mut client = shared_cluster("stats").supabase_database("crowd_webinars");
+    let mut rng = Rng(0xc40d);
+    let mut crowd = Vec::new();
+    for user in 1..=400u64 {
+        let mut entered = 600 + rng.below(900) as i64 + rng.below(900) as i64;
+        for _ in 0..1 + rng.below(4) {
+            let length = 30 + rng.below(600) as i64;
+            let heartbeat = (rng.below(3) == 0).then_some(entered + length);
+            let exited = heartbeat.is_none().then_some(entered + length);
+            crowd.push(Session {
+                user,
+                entered,
+                heartbeat,
+                exited,
+            });
+            // A second tab over this one, or a rejoin after a gap.
+            entered = match rng.below(3) {
+                0 => entered + rng.below(length as u64) as i64,
+                _ => entered + length + rng.below(300) as i64,
+            };
+        }
+    }
+    for user in 401..=440 {
+        crowd.push(Session {
+            user,
+            entered: 1000,
+            heartbeat: None,
+            exited: Some(1400),
+        });
+    }
+    check_webinar(&mut client, 9_003, &crowd);
+    // Two separate plateaus of the same height: 30 viewers from 100 to 200, the same 30 again
+    // from 300 to 400 (peak_at must be 100, the first).
+    let plateaus: Vec<Session> = (1..=30)
+        .flat_map(|user| {
+            [100, 300].map(|entered| Session {
+                user,
+                entered,
+                heartbeat: None,
+                exited: Some(entered + 100),
+            })
+        })
+        .collect();
+    check_webinar(&mut client, 9_004, &plateaus);
+}
+
 #[test]
 fn two_tabs_count_once() {
     // One viewer, two tabs open over the same hour, then a device switch that overlaps the
