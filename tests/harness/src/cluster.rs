@@ -324,7 +324,7 @@ impl Cluster {
         self.database_with_roles(database);
         let mut client = self.connect(database);
         match edition() {
-            Edition::Rust if citus() => return self.distributed_database(client, database),
+            Edition::Rust if citus() => return self.distributed_database(client, database, None),
             Edition::Rust => client
                 .batch_execute("CREATE EXTENSION webinar_sessions")
                 .unwrap(),
@@ -333,10 +333,27 @@ impl Cluster {
         client
     }
 
+    /// `supabase_database` on a Citus cluster with the extension at release `version`
+    /// (which must have distribute(): 0.6.0 or later), for updating it.
+    pub fn distributed_database_at(&self, database: &str, version: &str) -> Client {
+        assert!(
+            citus(),
+            "a distributed database needs WEBINAR_SESSIONS_TEST_CITUS=on"
+        );
+        self.database_with_roles(database);
+        let client = self.connect(database);
+        self.distributed_database(client, database, Some(version))
+    }
+
     /// `supabase_database` on a Citus cluster, as its README section says: the database and
     /// Citus on every node, the worker nodes added, CREATE EXTENSION on the coordinator (Citus
     /// runs it on the workers), then distribute().
-    fn distributed_database(&self, mut client: Client, database: &str) -> Client {
+    fn distributed_database(
+        &self,
+        mut client: Client,
+        database: &str,
+        version: Option<&str>,
+    ) -> Client {
         // One at a time: adding a node copies the roles to it, and two tests doing so at
         // once make the node's ALTER ROLEs collide ("tuple concurrently updated").
         static SETTING_UP: std::sync::Mutex<()> = std::sync::Mutex::new(());
@@ -382,8 +399,9 @@ impl Cluster {
         }
         // Two transactions: distribute() prepares the worker nodes over connections of its
         // own, which must see the extension there.
+        let at_version = version.map_or(String::new(), |v| format!(" VERSION '{v}'"));
         client
-            .batch_execute("CREATE EXTENSION webinar_sessions")
+            .batch_execute(&format!("CREATE EXTENSION webinar_sessions{at_version}"))
             .unwrap();
         client
             .batch_execute("SELECT webinar_sessions.distribute(4)")
