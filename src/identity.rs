@@ -14,6 +14,9 @@ use crate::error::{raise, Error};
 use pgrx::prelude::*;
 use pgrx::PgSqlErrorCode::{ERRCODE_INSUFFICIENT_PRIVILEGE, ERRCODE_INVALID_PARAMETER_VALUE};
 use pgrx::Uuid;
+use serde::de::IgnoredAny;
+use serde_json::value::RawValue;
+use std::collections::HashMap;
 use std::ffi::CStr;
 
 /// What the request's claims say about the caller.
@@ -53,18 +56,28 @@ pub fn claimed_caller() -> Claimed {
 }
 
 pub fn parse_claims(json: &str) -> Claimed {
-    let claims: serde_json::Value = match serde_json::from_str(json) {
-        Ok(value) => value,
+    // Read as raw values, not as serde_json::Value: a number is then checked to be well
+    // formed but never converted, so that one beyond f64 (1e400, which PostgreSQL's json, and
+    // so the SQL edition, keeps as written) is no reason to refuse the caller. Of duplicate
+    // keys the last counts, as in PostgreSQL's json.
+    let object: HashMap<String, Box<RawValue>> = match serde_json::from_str(json) {
+        Ok(object) => object,
         // Not the parser's own words: the SQL edition (hosted/) must say the same.
+        Err(_) if serde_json::from_str::<IgnoredAny>(json).is_ok() => {
+            return Claimed::Invalid("request.jwt.claims is not a JSON object".into());
+        }
         Err(_) => return Claimed::Invalid("request.jwt.claims is not valid JSON".into()),
     };
-    let Some(object) = claims.as_object() else {
-        return Claimed::Invalid("request.jwt.claims is not a JSON object".into());
+    let Some(sub) = object.get("sub") else {
+        return Claimed::Nobody;
     };
-    match object.get("sub") {
-        None | Some(serde_json::Value::Null) => Claimed::Nobody,
-        Some(serde_json::Value::String(sub)) => parse_sub(sub),
-        Some(_) => Claimed::Invalid("the sub claim is not a string".into()),
+    match sub.get().as_bytes().first() {
+        Some(b'n') => Claimed::Nobody, // null
+        Some(b'"') => match serde_json::from_str::<String>(sub.get()) {
+            Ok(sub) => parse_sub(&sub),
+            Err(_) => Claimed::Invalid("request.jwt.claims is not valid JSON".into()),
+        },
+        _ => Claimed::Invalid("the sub claim is not a string".into()),
     }
 }
 
@@ -227,10 +240,20 @@ mod tests {
     fn unusable_claims_are_told_apart_from_missing_ones() {
         assert_eq!(parse_claims(r#"{"role":"service_role"}"#), Claimed::Nobody);
         assert_eq!(parse_claims(r#"{"sub":null}"#), Claimed::Nobody);
+        // A number beyond f64 elsewhere in the claims is no reason to refuse the caller.
+        assert!(matches!(
+            parse_claims(r#"{"exp":1e400,"sub":"6f1d2c1e-0b8f-4e55-9a3e-2f1c9d7b5a10"}"#),
+            Claimed::User(_)
+        ));
+        assert_eq!(
+            parse_claims(r#"{"sub":1e400}"#),
+            Claimed::Invalid("the sub claim is not a string".into())
+        );
         for bad in [
             "{not json",
             "[]",
             r#"{"sub":42}"#,
+            r#"{"sub":1e400}"#,
             r#"{"sub":"alice"}"#,
             r#"{"sub":"00000000-0000-0000-0000-000000000000"}"#,
             r#"{"sub":"6f1d2c1e-0b8f-4e55-9a3e-2f1c9d7b5a1"}"#,

@@ -396,6 +396,11 @@ fn bad_calls(webinar: &str, a: &str, b: &str, server_version: i32) -> Vec<Bad> {
             "the sub claim is not a string",
         ),
         (
+            "sub a number beyond f64",
+            Some(r#"{"sub":1e400}"#.into()),
+            "the sub claim is not a string",
+        ),
+        (
             "nil sub",
             Some(format!(r#"{{"sub":"{NIL}"}}"#)),
             "the sub claim is the nil uuid",
