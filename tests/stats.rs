@@ -632,3 +632,51 @@ fn analytics_edge_inputs_end_in_clean_errors() {
         "22008"
     );
 }
+
+/// One webinar's figures among many read only that webinar's sessions: the filter on
+/// webinar_id reaches the partial indexes of both halves of the table (open and closed
+/// sessions), wherever webinar_stats, watch_time or presence read them. The table has no
+/// index on webinar_id alone, so a query that loses the halves scans every webinar's rows.
+#[test]
+fn one_webinars_figures_read_only_its_own_sessions() {
+    let mut client = shared_cluster("stats").supabase_database("many_webinars");
+    client
+        .batch_execute(
+            "INSERT INTO webinar_sessions.webinar_user_sessions
+                 (webinar_id, user_id, session_id, entered_at, last_heartbeat_at, exited_at, exit_reason)
+             SELECT ('00000000-0000-4000-a000-' || lpad(to_hex(w), 12, '0'))::uuid,
+                    ('00000000-0000-4000-b000-' || lpad(to_hex(u), 12, '0'))::uuid,
+                    'tab', now() - interval '1 hour', now() - interval '30 minutes',
+                    CASE WHEN u % 5 = 0 THEN NULL ELSE now() - interval '20 minutes' END,
+                    CASE WHEN u % 5 = 0 THEN NULL ELSE 'left' END
+               FROM generate_series(1, 300) AS w, generate_series(1, 100) AS u;
+             ANALYZE webinar_sessions.webinar_user_sessions",
+        )
+        .unwrap();
+    let webinar = "00000000-0000-4000-a000-000000000007";
+    for query in [
+        "SELECT * FROM webinar_sessions.webinar_stats WHERE webinar_id = $1::text::uuid",
+        "SELECT * FROM webinar_sessions.watch_time WHERE webinar_id = $1::text::uuid",
+        "SELECT * FROM webinar_sessions.presence WHERE webinar_id = $1::text::uuid",
+    ] {
+        let plan: String = client
+            .query(&format!("EXPLAIN {query}"), &[&webinar])
+            .unwrap()
+            .iter()
+            .map(|r| r.get::<_, String>(0) + "\n")
+            .collect();
+        assert!(
+            !plan.contains("Seq Scan on webinar_user_sessions"),
+            "{query} scans every webinar's sessions:\n{plan}"
+        );
+        assert!(plan.contains("Index"), "{query}:\n{plan}");
+    }
+    let viewers: i64 = client
+        .query_one(
+            "SELECT viewers FROM webinar_sessions.webinar_stats WHERE webinar_id = $1::text::uuid",
+            &[&webinar],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(viewers, 100);
+}
