@@ -21,12 +21,12 @@ cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:/usr/lib/postgresql/15/bin:$PATH"
 
 command_line="bench/run.sh $*"
-seconds=20 rounds=3 clients=32 install=1 smoke=0 citus=0
+seconds=20 rounds=3 pairs=6 pair_seconds=10 clients=32 install=1 smoke=0 citus=0
 sizes=(5000 100000) sweep_total=500000 sweep_stale=50000 burst=100000 stats_rows=1000000
 shared_buffers=2GB
 while (($#)); do
     case $1 in
-        --smoke) smoke=1 seconds=2 rounds=1 clients=8 sizes=(1000) sweep_total=5000 sweep_stale=500
+        --smoke) smoke=1 seconds=2 rounds=1 pairs=2 pair_seconds=2 clients=8 sizes=(1000) sweep_total=5000 sweep_stale=500
                  burst=2000 stats_rows=20000 shared_buffers=128MB ;;
         --seconds) seconds=$2; shift ;;
         --rounds) rounds=$2; shift ;;
@@ -107,6 +107,11 @@ table_counters() { # table -> "updates hot_updates"
     q -c "SELECT n_tup_upd, n_tup_hot_upd FROM pg_stat_user_tables WHERE relid = '$1'::regclass" | tr '|' ' '
 }
 wal_lsn() { q -c "SELECT pg_current_wal_lsn()"; }
+# The median of the paired hosted ÷ direct ratios, at one size or (no argument) at all.
+median_ratio() {
+    awk -F'\t' -v s="${1:-}" 'NR > 1 && (s == "" || $1 == s) { print $5 }' "$pairs_tsv" | sort -g |
+        awk '{ r[NR] = $1 } END { printf "%.2f", NR % 2 ? r[(NR + 1) / 2] : (r[NR / 2] + r[NR / 2 + 1]) / 2 }'
+}
 wal_bytes_since() { q -c "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '$1')"; }
 
 echo "Benchmark: $seconds s per measurement, $rounds rounds, $clients clients; results in $out"
@@ -121,7 +126,17 @@ declare -A table_of=([seed]=bench.seed_sessions [handwritten]=bench.seed_session
 declare -A script_of=([direct]=extension [buffered]=extension [hosted]=extension)
 declare -A db_of=([hosted]=bench_hosted)
 declare -A login_of=([direct]=authenticator_direct)
+# heartbeats VARIANT SECONDS OUTPUT [pgbench options]: one measurement of a variant, in its
+# database (pgbench's -D and -U depend on it).
+heartbeats() {
+    local variant=$1 secs=$2 output=$3
+    shift 3
+    db=${db_of[$variant]:-bench} bench "$output" -M prepared -c "$clients" -j 2 -T "$secs" -D sessions="$sessions" \
+        -U "${login_of[$variant]:-authenticator}" -f "bench/sql/hb_${script_of[$variant]:-$variant}.sql" "$@"
+}
 hb_tsv="$out/heartbeats.tsv"
+pairs_tsv="$out/hosted-pairs.tsv"
+printf 'sessions\tpair\tdirect_tps\thosted_tps\tratio\n' >"$pairs_tsv"
 printf 'sessions\tvariant\tround\ttps\ttransactions\tupdates\thot\twal_bytes\n' >"$hb_tsv"
 for sessions in "${sizes[@]}"; do
     q -c "SELECT bench.load_active($sessions)" >/dev/null
@@ -148,9 +163,7 @@ for sessions in "${sizes[@]}"; do
             before=$(wal_lsn)
             counters_before="0 0"; [ -n "$table" ] && counters_before=$(table_counters "$table")
             log="$out/hb-$sessions-$variant-r$round"
-            bench "$log.txt" -M prepared -c "$clients" -j 2 -T "$seconds" -D sessions="$sessions" \
-                -U "${login_of[$variant]:-authenticator}" -f "bench/sql/hb_${script_of[$variant]:-$variant}.sql" \
-                --log --log-prefix="$log"
+            heartbeats "$variant" "$seconds" "$log.txt" --log --log-prefix="$log"
             # The heartbeats the buffer still holds are written now, and their WAL counts here:
             # left to the worker, they were written during the next measurement, on its CPU and
             # in its WAL (the rotation keeps the same variant after buffered in every round: it
@@ -170,6 +183,25 @@ for sessions in "${sizes[@]}"; do
             printf '  %7s sessions, round %s, %-18s %10.0f heartbeats/s\n' "$sessions" "$round" "$variant" "$tps"
             db=bench
         done
+    done
+    # 1b. The hosted edition against direct mode, paired: short measurements of the two,
+    # back to back in alternating order (direct first, then hosted first), so that the
+    # machine's drift and autovacuum's rounds hit both alike. In the rotation above they are
+    # minutes apart, and direct mode alone swung twofold within one run (20261203T065937Z).
+    # The criterion's figure is the median of the pairs' ratios.
+    for ((pair = 1; pair <= pairs; pair++)); do
+        order=(direct hosted)
+        ((pair % 2 == 0)) && order=(hosted direct)
+        declare -A pair_tps=()
+        for variant in "${order[@]}"; do
+            q -c "CHECKPOINT"
+            heartbeats "$variant" "$pair_seconds" "$out/pair-$sessions-$variant-p$pair.txt"
+            pair_tps[$variant]=$(awk '/^tps = / { print $3; exit }' "$out/pair-$sessions-$variant-p$pair.txt")
+        done
+        awk -v s="$sessions" -v p="$pair" -v d="${pair_tps[direct]}" -v h="${pair_tps[hosted]}" \
+            'BEGIN { printf "%s\t%s\t%s\t%s\t%.4f\n", s, p, d, h, h / d }' >>"$pairs_tsv"
+        printf '  %7s sessions, pair %s (%s first): direct %.0f, hosted %.0f heartbeats/s\n' \
+            "$sessions" "$pair" "${order[0]}" "${pair_tps[direct]}" "${pair_tps[hosted]}"
     done
 done
 
@@ -324,12 +356,19 @@ echo "  live_viewers: $live_per_s calls/s, $live_ms ms each ($clients clients, $
         done
     done
     echo
-    echo "| active sessions | hosted edition ÷ Rust build, direct mode |"
-    echo "|---:|---:|"
+    echo "Hosted edition ÷ Rust build in direct mode: the means of the rotation above, and $pairs paired"
+    echo "measurements of $pair_seconds s each (back to back, alternating which goes first); the"
+    echo "criterion's figure is the median of the pairs' ratios."
+    echo
+    echo "| active sessions | rotation means | pairs' ratios | median of the pairs |"
+    echo "|---:|---:|---|---:|"
     for sessions in "${sizes[@]}"; do
-        awk -F'\t' -v s="$sessions" '$1 == s { tps[$2] += $4; n[$2]++ }
-            END { printf "| %d | %.2f |\n", s, (tps["hosted"] / n["hosted"]) / (tps["direct"] / n["direct"]) }' "$hb_tsv"
+        rotation=$(awk -F'\t' -v s="$sessions" '$1 == s { tps[$2] += $4; n[$2]++ }
+            END { printf "%.2f", (tps["hosted"] / n["hosted"]) / (tps["direct"] / n["direct"]) }' "$hb_tsv")
+        ratios=$(awk -F'\t' -v s="$sessions" '$1 == s { printf "%s%.2f", (n++ ? ", " : ""), $5 }' "$pairs_tsv")
+        printf '| %d | %s | %s | %s |\n' "$sessions" "$rotation" "$ratios" "$(median_ratio "$sessions")"
     done
+    printf '| all | | | **%s** |\n' "$(median_ratio)"
     echo
     echo "The heartbeat buffer after these runs: $buffer_after."
     echo

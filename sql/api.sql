@@ -345,15 +345,22 @@ CREATE FUNCTION webinar_sessions._stale_after_or_setting(p_stale_after interval)
 RETURNS interval
 LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
-AS $$
+DECLARE
+    v_cutoff timestamptz;
 BEGIN
     -- Checked the way the sweep applies it, by calendar arithmetic: as a comparison of
     -- intervals (a month = 30 days) '-1 year 364 days' would pass for positive and then
     -- reach into the future.
-    IF now() - p_stale_after >= now() THEN
+    BEGIN
+        v_cutoff := now() - p_stale_after;
+    EXCEPTION WHEN datetime_field_overflow THEN
+        -- ('7000 years' ago is before 4713 BC, the first timestamp: far too long anyway.)
+        v_cutoff := CASE WHEN p_stale_after < interval '0' THEN 'infinity' ELSE '-infinity' END;
+    END;
+    IF v_cutoff >= now() THEN
         RAISE EXCEPTION 'stale_after must be positive (got %)', p_stale_after
             USING ERRCODE = 'invalid_parameter_value';
-    ELSIF now() - p_stale_after < now() - interval '365 days' THEN
+    ELSIF v_cutoff < now() - interval '365 days' THEN
         RAISE EXCEPTION 'stale_after must be at most 365 days (got %)', p_stale_after
             USING ERRCODE = 'invalid_parameter_value';
     END IF;

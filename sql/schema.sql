@@ -32,6 +32,9 @@ CREATE TABLE webinar_sessions.webinar_user_sessions (
     CONSTRAINT wus_session_id_length CHECK (length(session_id) BETWEEN 1 AND 128),
     CONSTRAINT wus_heartbeat_after_entry CHECK (last_heartbeat_at >= entered_at),
     CONSTRAINT wus_exit_after_entry CHECK (exited_at >= entered_at),
+    -- The API writes only now(); an infinite time, written past it, would make every
+    -- webinar's statistics fail (watch time cannot be computed from it).
+    CONSTRAINT wus_times_finite CHECK (isfinite(entered_at) AND isfinite(last_heartbeat_at) AND isfinite(exited_at)),
     CONSTRAINT wus_exit_reason_known CHECK (exit_reason IN ('left', 'swept')),
     CONSTRAINT wus_exit_reason_iff_exited CHECK ((exited_at IS NULL) = (exit_reason IS NULL))
 ) WITH (fillfactor = 75);

@@ -169,6 +169,29 @@ BEGIN
 END
 $$;
 
+-- The window [starts_at, ends_at) of attendance and retention: both given, finite, in order,
+-- and at most 4000 years long. (retention's minute_offset is an integer, which ends at about
+-- 4083 years; beyond that, microsecond arithmetic on the window overflows as well.)
+CREATE FUNCTION webinar_sessions._check_window(p_starts_at timestamptz, p_ends_at timestamptz)
+RETURNS void
+LANGUAGE plpgsql IMMUTABLE
+AS $$
+BEGIN
+    PERFORM webinar_sessions._check_not_null('starts_at', p_starts_at IS NULL);
+    PERFORM webinar_sessions._check_not_null('ends_at', p_ends_at IS NULL);
+    PERFORM webinar_sessions._check_finite('starts_at', p_starts_at);
+    PERFORM webinar_sessions._check_finite('ends_at', p_ends_at);
+    IF p_ends_at <= p_starts_at THEN
+        RAISE EXCEPTION 'ends_at (%) must be after starts_at (%)', p_ends_at, p_starts_at
+            USING ERRCODE = 'invalid_parameter_value';
+    -- (In seconds, as numeric: ends_at - starts_at itself can overflow.)
+    ELSIF extract(epoch FROM p_ends_at) - extract(epoch FROM p_starts_at) > 4000 * 365.25 * 86400 THEN
+        RAISE EXCEPTION 'ends_at (%) must be at most 4000 years after starts_at (%)', p_ends_at, p_starts_at
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+END
+$$;
+
 -- concurrency, retention and attendance read their figures from a webinar's presence,
 -- _presence_for(webinar_id): its sessions merged into each viewer's stretches, as a bytea of
 -- 32-byte records (viewer, start, end; microseconds since 2000 as big-endian int8), sorted by
@@ -241,15 +264,8 @@ DECLARE
     v_presence bytea;
 BEGIN
     PERFORM webinar_sessions._check_not_null('webinar_id', attendance.webinar_id IS NULL);
-    PERFORM webinar_sessions._check_not_null('starts_at', attendance.starts_at IS NULL);
-    PERFORM webinar_sessions._check_not_null('ends_at', attendance.ends_at IS NULL);
     PERFORM webinar_sessions._check_not_null('min_ratio', attendance.min_ratio IS NULL);
-    PERFORM webinar_sessions._check_finite('starts_at', attendance.starts_at);
-    PERFORM webinar_sessions._check_finite('ends_at', attendance.ends_at);
-    IF attendance.ends_at <= attendance.starts_at THEN
-        RAISE EXCEPTION 'ends_at (%) must be after starts_at (%)', attendance.ends_at, attendance.starts_at
-            USING ERRCODE = 'invalid_parameter_value';
-    END IF;
+    PERFORM webinar_sessions._check_window(attendance.starts_at, attendance.ends_at);
     IF attendance.min_ratio < 0 OR attendance.min_ratio > 1 OR attendance.min_ratio = 'NaN' THEN
         RAISE EXCEPTION 'min_ratio must be between 0 and 1 (got %)', attendance.min_ratio
             USING ERRCODE = 'invalid_parameter_value';
@@ -277,15 +293,8 @@ DECLARE
     v_presence bytea;
 BEGIN
     PERFORM webinar_sessions._check_not_null('webinar_id', retention.webinar_id IS NULL);
-    PERFORM webinar_sessions._check_not_null('starts_at', retention.starts_at IS NULL);
-    PERFORM webinar_sessions._check_not_null('ends_at', retention.ends_at IS NULL);
     PERFORM webinar_sessions._check_span('bucket', retention.bucket);
-    PERFORM webinar_sessions._check_finite('starts_at', retention.starts_at);
-    PERFORM webinar_sessions._check_finite('ends_at', retention.ends_at);
-    IF retention.ends_at <= retention.starts_at THEN
-        RAISE EXCEPTION 'ends_at (%) must be after starts_at (%)', retention.ends_at, retention.starts_at
-            USING ERRCODE = 'invalid_parameter_value';
-    END IF;
+    PERFORM webinar_sessions._check_window(retention.starts_at, retention.ends_at);
     v_points := webinar_sessions._grid_size(retention.ends_at - retention.starts_at, retention.bucket);
     v_presence := coalesce(webinar_sessions._presence_for(retention.webinar_id), '\x'::bytea);
     RETURN QUERY

@@ -666,6 +666,19 @@ fn bad_calls(webinar: &str, a: &str, b: &str, server_version: i32) -> Vec<Bad> {
             "22023",
             "stale_after must be at most 365 days",
         ),
+        // now() minus these is out of the timestamp range (before 4713 BC, after 294276 AD).
+        (
+            "7000 years",
+            "7000 years",
+            "22023",
+            "stale_after must be at most 365 days (got 7000 years)",
+        ),
+        (
+            "minus 300000 years",
+            "-300000 years",
+            "22023",
+            "stale_after must be positive",
+        ),
         ("not an interval", "soon", "22007", "\"soon\""),
     ]
     .into_iter()
@@ -824,6 +837,16 @@ fn bad_calls(webinar: &str, a: &str, b: &str, server_version: i32) -> Vec<Bad> {
             "starts_at must be a finite time (got -infinity)",
         ),
         (
+            "ends_at 294276 AD",
+            att(
+                w(),
+                window(day("10:00"), json!("294276-12-31 00:00+00")),
+                json!(0.5),
+            ),
+            "22023",
+            "must be at most 4000 years after starts_at",
+        ),
+        (
             "both infinite",
             att(
                 w(),
@@ -909,6 +932,30 @@ fn bad_calls(webinar: &str, a: &str, b: &str, server_version: i32) -> Vec<Bad> {
             ),
             "22023",
             "buckets; at most 100000 are allowed",
+        ),
+        // (Its minute_offset, an integer, would overflow; 4713 BC to 294276 AD wrapped to 1 row.)
+        (
+            "4200 years in 1000-day buckets",
+            ret(
+                w(),
+                window(json!("2000-01-01 00:00+00"), json!("6200-01-01 00:00+00")),
+                json!("1000 days"),
+            ),
+            "22023",
+            "must be at most 4000 years after starts_at",
+        ),
+        (
+            "4713 BC to 294276 AD",
+            ret(
+                w(),
+                window(
+                    json!("4713-01-01 00:00+00 BC"),
+                    json!("294276-12-31 00:00+00"),
+                ),
+                json!("1000000 days"),
+            ),
+            "22023",
+            "must be at most 4000 years after starts_at",
         ),
         (
             "ends_at infinity",
@@ -1180,6 +1227,66 @@ fn a_stale_after_reaching_into_the_future_is_refused() {
         e.to_string().contains("stale_after must be positive"),
         "{e}"
     );
+}
+
+/// The table refuses infinite times, from service_role's direct writes too: one such row used
+/// to make webinar_stats fail for every webinar, and watch_time with PostgreSQL's raw
+/// "cannot subtract infinite timestamps".
+#[test]
+fn the_table_refuses_infinite_times() {
+    let cluster = shared_cluster("hostile");
+    let mut admin = cluster.supabase_database("hostile_infinite");
+    let mut api = cluster.connect_as("hostile_infinite", "authenticator");
+    let viewer = uuid(1);
+    let webinars = [uuid(100), uuid(101)];
+    for webinar in &webinars {
+        let entered = rpc_json(
+            &mut api,
+            "authenticated",
+            Some(&claims_for(&viewer)),
+            "public.enter_webinar",
+            &key_args(webinar, "tab"),
+        )
+        .unwrap();
+        assert_eq!(entered["status"], "entered");
+    }
+    let before = full_dump(&mut admin);
+    let target = format!("webinar_id = '{}'", webinars[0]);
+    for write in [
+        format!("UPDATE webinar_sessions.webinar_user_sessions SET entered_at = '-infinity' WHERE {target}"),
+        format!("UPDATE webinar_sessions.webinar_user_sessions SET last_heartbeat_at = 'infinity' WHERE {target}"),
+        format!(
+            "UPDATE webinar_sessions.webinar_user_sessions
+                SET exited_at = 'infinity', exit_reason = 'left' WHERE {target}"
+        ),
+        format!(
+            "INSERT INTO webinar_sessions.webinar_user_sessions (webinar_id, user_id, session_id, entered_at)
+             VALUES ('{}', '{viewer}', 'other', '-infinity')",
+            webinars[1]
+        ),
+    ] {
+        let e = api
+            .batch_execute(&format!("BEGIN; SET LOCAL ROLE service_role; {write}; COMMIT"))
+            .expect_err(&format!("service_role wrote an infinite time: {write}"));
+        api.batch_execute("ROLLBACK").unwrap();
+        let db = e.as_db_error().unwrap_or_else(|| panic!("{e}"));
+        assert_eq!(db.code().code(), "23514", "{write}: {e}");
+        // (On Citus a shard's constraint carries the shard's number.)
+        assert!(
+            db.constraint().is_some_and(|c| c.starts_with("wus_times_finite")),
+            "{write}: {e}"
+        );
+    }
+    assert_eq!(
+        full_dump(&mut admin),
+        before,
+        "a refused write changed the table"
+    );
+    let webinars_counted: i64 = admin
+        .query_one("SELECT count(*) FROM webinar_sessions.webinar_stats", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(webinars_counted, 2);
 }
 
 // ---------------------------------------------------------------------------------------

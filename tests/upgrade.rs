@@ -12,7 +12,7 @@ use postgres::Client;
 /// 0.1.0 -> 0.2.0 script, and 0.3.0 as that plus the 0.2.0 -> 0.3.0 one, which this test
 /// proved equal to a fresh install of each while it was current.
 const EARLIER_RELEASES: &[&str] = &[
-    "0.1.0", "0.2.0", "0.3.0", "0.4.0", "0.5.0", "0.5.1", "0.6.0", "0.6.1",
+    "0.1.0", "0.2.0", "0.3.0", "0.4.0", "0.5.0", "0.5.1", "0.6.0", "0.6.1", "0.6.2",
 ];
 
 /// Everything that makes up the installed extension, as text: each member object with its
@@ -128,8 +128,8 @@ fn every_earlier_release_updates_to_this_one_with_data_and_api_intact() {
 }
 
 /// The hosted edition (hosted/README.md): the previous hosted release, installed through
-/// pg_tle as hosted Supabase does, is updated with `pgtle.install_update_path` and
-/// `ALTER EXTENSION ... UPDATE`, by `postgres`, not a superuser. tests/run.sh builds that
+/// pg_tle as hosted Supabase does, is updated with `pgtle.install_update_path`,
+/// `pgtle.set_default_version` and `ALTER EXTENSION ... UPDATE`, by `postgres`, not a superuser. tests/run.sh builds that
 /// release's package from git with its own hosted/package.sh into
 /// `$WEBINAR_SESSIONS_TEST_HOSTED_PREVIOUS_DIR` and runs this with the hosted edition.
 #[test]
@@ -195,10 +195,17 @@ fn the_previous_hosted_release_updates_through_pg_tle() {
                 paths += 1;
             }
             assert!(paths > 0, "{current_dir} holds no update script");
+            // install_update_path leaves the default version where it was, so that a bare
+            // UPDATE would do nothing: hosted/README.md says to move it first (or to name the
+            // version in UPDATE TO).
             owner
-                .batch_execute(&format!(
-                    "ALTER EXTENSION \"{HOSTED_EXTENSION}\" UPDATE TO '{current}'"
-                ))
+                .execute(
+                    "SELECT pgtle.set_default_version($1, $2)",
+                    &[&HOSTED_EXTENSION, &current],
+                )
+                .unwrap();
+            owner
+                .batch_execute(&format!("ALTER EXTENSION \"{HOSTED_EXTENSION}\" UPDATE"))
                 .unwrap();
         },
     );
