@@ -345,6 +345,7 @@ CREATE FUNCTION webinar_sessions._stale_after_or_setting(p_stale_after interval)
 RETURNS interval
 LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
+AS $$
 DECLARE
     v_cutoff timestamptz;
 BEGIN

@@ -24,6 +24,7 @@ CREATE OR REPLACE FUNCTION webinar_sessions._stale_after_or_setting(p_stale_afte
 RETURNS interval
 LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
+AS $$
 DECLARE
     v_cutoff timestamptz;
 BEGIN

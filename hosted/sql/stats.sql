@@ -16,16 +16,6 @@ AS $$
     SELECT (extract(epoch FROM p_at) * 1000000)::bigint - 946684800000000;
 $$;
 
-CREATE FUNCTION webinar_sessions._infinite_session()
-RETURNS void
-LANGUAGE plpgsql IMMUTABLE
-AS $$
-BEGIN
-    RAISE EXCEPTION 'a session of this webinar has an infinite entered_at, last_heartbeat_at or exited_at'
-        USING ERRCODE = 'datetime_field_overflow', HINT = 'Set the session''s times to finite values.';
-END
-$$;
-
 -- {viewers, sessions, watched seconds, peak, peak_at, first, last}, the three times in
 -- microseconds since 2000-01-01 UTC; NULL for a webinar without audience sessions.
 --
@@ -50,7 +40,6 @@ DECLARE
     v_watched interval;
     v_first timestamptz;
     v_last timestamptz;
-    v_infinite boolean;
     v_starts timestamptz[];
     v_ends timestamptz[];
     v_pieces bigint;
@@ -69,20 +58,15 @@ BEGIN
     )
     SELECT count(*) FILTER (WHERE p.first_of_viewer),
            count(*),
-           sum(CASE WHEN p.ended_at > p.piece_start AND pg_catalog.isfinite(p.ended_at)
-                         AND pg_catalog.isfinite(p.piece_start)
-                    THEN p.ended_at - p.piece_start END),
+           sum(p.ended_at - p.piece_start) FILTER (WHERE p.ended_at > p.piece_start),
            min(p.started_at),
            max(p.ended_at),
-           bool_or(NOT (pg_catalog.isfinite(p.started_at) AND pg_catalog.isfinite(p.ended_at))),
            array_agg(p.piece_start ORDER BY p.piece_start) FILTER (WHERE p.ended_at > p.piece_start),
            array_agg(p.ended_at ORDER BY p.ended_at) FILTER (WHERE p.ended_at > p.piece_start)
-      INTO v_viewers, v_sessions, v_watched, v_first, v_last, v_infinite, v_starts, v_ends
+      INTO v_viewers, v_sessions, v_watched, v_first, v_last, v_starts, v_ends
       FROM pieces AS p;
     IF v_sessions = 0 THEN
         RETURN NULL;
-    ELSIF v_infinite THEN
-        PERFORM webinar_sessions._infinite_session();
     END IF;
     v_pieces := coalesce(pg_catalog.cardinality(v_starts), 0);
     IF v_pieces > 0 THEN
@@ -121,7 +105,6 @@ LANGUAGE plpgsql STABLE
 SET work_mem = '256MB'
 AS $$
 DECLARE
-    v_infinite boolean;
     v_presence bytea;
 BEGIN
     WITH ordered AS (
@@ -140,17 +123,13 @@ BEGIN
           FROM numbered AS n
          GROUP BY n.user_id, n.stretch
     )
-    SELECT bool_or(NOT (pg_catalog.isfinite(x.started_at) AND pg_catalog.isfinite(x.ended_at))),
-           string_agg(CASE WHEN pg_catalog.isfinite(x.started_at) AND pg_catalog.isfinite(x.ended_at)
-                           THEN pg_catalog.uuid_send(x.user_id)
-                                || pg_catalog.int8send(webinar_sessions._micros(x.started_at))
-                                || pg_catalog.int8send(webinar_sessions._micros(x.ended_at)) END,
+    -- (Every time is finite: the table's wus_times_finite.)
+    SELECT string_agg(pg_catalog.uuid_send(x.user_id)
+                      || pg_catalog.int8send(webinar_sessions._micros(x.started_at))
+                      || pg_catalog.int8send(webinar_sessions._micros(x.ended_at)),
                       ''::bytea ORDER BY x.user_id, x.started_at)
-      INTO v_infinite, v_presence
+      INTO v_presence
       FROM stretches AS x;
-    IF v_infinite THEN
-        PERFORM webinar_sessions._infinite_session();
-    END IF;
     RETURN v_presence;
 END
 $$;
