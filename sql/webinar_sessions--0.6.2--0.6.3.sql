@@ -7,10 +7,14 @@
 -- * attendance and retention: a window longer than 4000 years is refused (22023); it overflowed
 --   retention's integer minute_offset, or the microseconds of the window, or silently wrapped.
 -- tests/upgrade.rs compares the result with a fresh 0.6.3.
+-- On Citus the coordinator's ALTER TABLE reaches the worker nodes' tables and shards; the
+-- update the coordinator passes on to a worker node must not add it again there.
 DO $upgrade$
 BEGIN
-    ALTER TABLE webinar_sessions.webinar_user_sessions ADD CONSTRAINT wus_times_finite
-        CHECK (isfinite(entered_at) AND isfinite(last_heartbeat_at) AND isfinite(exited_at));
+    IF NOT webinar_sessions._on_citus_worker_node() THEN
+        ALTER TABLE webinar_sessions.webinar_user_sessions ADD CONSTRAINT wus_times_finite
+            CHECK (isfinite(entered_at) AND isfinite(last_heartbeat_at) AND isfinite(exited_at));
+    END IF;
 EXCEPTION WHEN check_violation THEN
     RAISE EXCEPTION 'webinar_sessions 0.6.3 refuses infinite times, and some sessions have one'
         USING ERRCODE = 'check_violation',

@@ -402,7 +402,7 @@ fn rows_deleted_through_the_coordinator_leave_the_buffer_at_the_next_flush() {
 }
 
 /// `ALTER EXTENSION webinar_sessions UPDATE` on a distributed database: 0.6.1 -> 0.6.2
-/// replaces webinar_stats on a single node and must leave distribute()'s form of it alone
+/// (and on to 0.6.3, which adds a CHECK constraint the shards must get) replaces webinar_stats on a single node and must leave distribute()'s form of it alone
 /// (the single-node form's _summary_for would run a distributed query inside a shard's,
 /// which Citus refuses). The figures must still come, and be right, without calling
 /// distribute() again.
@@ -464,5 +464,16 @@ fn an_update_keeps_the_distributed_webinar_stats() {
         figures(&mut admin),
         expected,
         "webinar_stats after the update"
+    );
+    // 0.6.3's constraint reached the shards: an infinite time is refused where rows live.
+    let refused = admin
+        .batch_execute(
+            "UPDATE webinar_sessions.webinar_user_sessions SET last_heartbeat_at = 'infinity'",
+        )
+        .expect_err("a shard took an infinite time after the update");
+    assert_eq!(
+        refused.as_db_error().map(|e| e.code().code()),
+        Some("23514"),
+        "{refused}"
     );
 }

@@ -1234,6 +1234,12 @@ fn a_stale_after_reaching_into_the_future_is_refused() {
 /// "cannot subtract infinite timestamps".
 #[test]
 fn the_table_refuses_infinite_times() {
+    if citus() {
+        // A direct write to one webinar's rows through the coordinator fails on Citus
+        // whatever it writes (XX000, "cannot execute a distributed query from a query on a
+        // shard"; 0.6.2 too). tests/citus.rs checks that the shards refuse infinite times.
+        return;
+    }
     let cluster = shared_cluster("hostile");
     let mut admin = cluster.supabase_database("hostile_infinite");
     let mut api = cluster.connect_as("hostile_infinite", "authenticator");
@@ -1271,11 +1277,7 @@ fn the_table_refuses_infinite_times() {
         api.batch_execute("ROLLBACK").unwrap();
         let db = e.as_db_error().unwrap_or_else(|| panic!("{e}"));
         assert_eq!(db.code().code(), "23514", "{write}: {e}");
-        // (On Citus a shard's constraint carries the shard's number.)
-        assert!(
-            db.constraint().is_some_and(|c| c.starts_with("wus_times_finite")),
-            "{write}: {e}"
-        );
+        assert_eq!(db.constraint(), Some("wus_times_finite"), "{write}: {e}");
     }
     assert_eq!(
         full_dump(&mut admin),
