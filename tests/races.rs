@@ -668,3 +668,132 @@ fn a_transaction_failing_at_commit_keeps_the_heartbeats_of_others() {
         "the heartbeat the client was told is in the row"
     );
 }
+
+/// enter / heartbeat / leave for (`webinar`, `viewer`, 'tab'), as the superuser names the
+/// viewer: (status, id, last_heartbeat_at).
+fn session_call(
+    client: &mut Client,
+    function: &str,
+    webinar: &str,
+    viewer: &str,
+) -> (String, Option<String>, Option<String>) {
+    let row = client
+        .query_one(
+            &format!(
+                "SELECT r.status, r.id::text, to_jsonb(r.last_heartbeat_at) #>> '{{}}'
+                   FROM webinar_sessions.{function}($1::text::uuid, 'tab', $2::text::uuid) AS r"
+            ),
+            &[&webinar, &viewer],
+        )
+        .unwrap_or_else(|e| panic!("{function}: {e}"));
+    (row.get(0), row.get(1), row.get(2))
+}
+
+/// Found by the invariant checker (tests/invariants.rs) in CI: a sweep that closed a session
+/// while a leave of it was under way removed the session's buffer entry, and the leave's
+/// count with it. The key's next session entered the buffer while the leave was still open,
+/// and the leave, ending, removed that entry as its own: the heartbeats answered from it and
+/// not yet written were lost, so the row ended before the time its viewer had been told.
+#[test]
+fn a_leave_outliving_a_sweep_of_its_session_spares_the_next_session() {
+    let (cluster, mut admin) = buffered(
+        "races-leave-sweep",
+        "leave_db",
+        &[
+            "webinar_sessions.flush_interval = '1h'",
+            "webinar_sessions.sweeper_enabled = off",
+        ],
+    );
+    let (webinar, viewer) = (uuid(41), uuid(5));
+    assert_eq!(
+        session_call(&mut admin, "enter", &webinar, &viewer).0,
+        "entered"
+    );
+    assert_eq!(
+        session_call(&mut admin, "heartbeat", &webinar, &viewer).0,
+        "alive"
+    );
+    std::thread::sleep(Duration::from_millis(20));
+
+    // The sweep closes the session and holds its row until it commits.
+    let mut sweeper = cluster.connect("leave_db");
+    sweeper.batch_execute("BEGIN").unwrap();
+    let swept: i64 = sweeper
+        .query_one(
+            "SELECT webinar_sessions.sweep_stale_sessions('5 milliseconds')",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(swept, 1);
+    // A leave of the same session, counted into its entry, waits for the sweep's row lock;
+    // once answered it stays open until told to commit.
+    let (answered, commit) = (
+        std::sync::mpsc::channel::<String>(),
+        std::sync::mpsc::channel::<()>(),
+    );
+    let leave = {
+        let url = cluster.url("leave_db", superuser());
+        let (webinar, viewer, answered) = (webinar.clone(), viewer.clone(), answered.0);
+        let commit = commit.1;
+        std::thread::spawn(move || {
+            let mut client = Client::connect(&url, postgres::NoTls).unwrap();
+            client.batch_execute("BEGIN").unwrap();
+            let (status, ..) = session_call(&mut client, "leave", &webinar, &viewer);
+            answered.send(status).unwrap();
+            commit.recv().unwrap();
+            client.batch_execute("COMMIT").unwrap();
+        })
+    };
+    let waiting = eventually(Duration::from_secs(60), || {
+        admin
+            .query_one(
+                "SELECT count(*) > 0 FROM pg_stat_activity
+                  WHERE datname = 'leave_db' AND wait_event_type = 'Lock'",
+                &[],
+            )
+            .unwrap()
+            .get(0)
+    });
+    assert!(waiting, "the leave never waited for the sweep");
+    sweeper.batch_execute("COMMIT").unwrap();
+    let left = answered.1.recv_timeout(Duration::from_secs(60)).unwrap();
+    assert_eq!(left, "not_found", "the sweep closed the session first");
+
+    // The viewer comes back while that leave is still open: a new session, and a heartbeat.
+    let (status, id, _) = session_call(&mut admin, "enter", &webinar, &viewer);
+    assert_eq!(status, "entered");
+    std::thread::sleep(Duration::from_millis(5));
+    let (status, alive_id, told) = session_call(&mut admin, "heartbeat", &webinar, &viewer);
+    assert_eq!((status.as_str(), &alive_id), ("alive", &id));
+    commit.0.send(()).unwrap();
+    leave.join().unwrap();
+
+    // The heartbeat the viewer was told is in the row once the buffer is flushed.
+    let stored = |admin: &mut Client| -> Option<String> {
+        settle(admin);
+        admin
+            .query_one(
+                "SELECT to_jsonb(last_heartbeat_at) #>> '{}' FROM webinar_sessions.webinar_user_sessions
+                  WHERE id = $1::text::uuid",
+                &[&id],
+            )
+            .unwrap()
+            .get(0)
+    };
+    assert_eq!(stored(&mut admin), told, "the told heartbeat was lost");
+
+    // Once the leave has ended the session's heartbeats are buffered again (the first one
+    // after it goes direct and puts the session back into the buffer).
+    session_call(&mut admin, "heartbeat", &webinar, &viewer);
+    let before: i64 = buffer_stat(&mut admin, "buffered_heartbeats");
+    std::thread::sleep(Duration::from_millis(5));
+    let (status, _, told) = session_call(&mut admin, "heartbeat", &webinar, &viewer);
+    assert_eq!(status, "alive");
+    assert_eq!(
+        buffer_stat(&mut admin, "buffered_heartbeats"),
+        before + 1,
+        "the session never went back into the buffer"
+    );
+    assert_eq!(stored(&mut admin), told);
+}

@@ -23,7 +23,9 @@
 //!   exclusive lock, at the moment it collects the buffered heartbeats it will write; while any
 //!   sweep is counted every heartbeat takes the direct path (row
 //!   locks decide the race as they do without the buffer), and the entries of the rows it
-//!   closed are removed before it counts itself out at its commit;
+//!   closed are removed before it counts itself out at its commit (an entry a leave is
+//!   counted in becomes a placeholder instead, which the last leave's end removes: the
+//!   count of closers always belongs to the entry the leaves counted themselves into);
 //! * a buffered heartbeat belongs to its transaction: it is answered at once, but recorded in
 //!   the entry only when its transaction commits (at PRE_COMMIT, under the shared lock). If a
 //!   sweep that began since is still open, or the entry has changed, the commit fails with 40001 and the

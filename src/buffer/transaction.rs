@@ -326,14 +326,30 @@ fn apply_commit(locked: &mut ExclusiveGuard, pending: &Pending) {
             shared.last_flush_us.store(took, Ordering::Relaxed);
         }
     }
-    // Swept or deleted sessions: closed or gone now.
+    // Swept or deleted sessions: closed or gone now. An entry a leave is counted in stays, as
+    // a placeholder naming no row, until the last of those leaves ends (`leave_ended`
+    // removes it then): removed now, the key's next session could enter the buffer while
+    // the leave is under way, and the leave's end would take that entry, with heartbeats
+    // it had answered and not yet written, for its own.
     let swept: HashSet<&[u8; 16]> = pending.swept.iter().flat_map(|(_, s)| s).collect();
     let forget_all = !pending.forget_all.is_empty();
     if !swept.is_empty() || forget_all {
         let database = unsafe { pg_sys::MyDatabaseId }.to_u32();
-        locked.remove_where(|e| {
-            e.key.database == database && (forget_all || swept.contains(&e.row_id))
-        });
+        let gone: Vec<Key> = locked
+            .entries()
+            .filter(|e| e.key.database == database && e.row_id != [0; 16])
+            .filter(|e| forget_all || swept.contains(&e.row_id))
+            .map(|e| e.key)
+            .collect();
+        for key in &gone {
+            let leaving = locked.find(key).is_some_and(|entry| {
+                entry.row_id = [0; 16];
+                entry.closers != 0
+            });
+            if !leaving {
+                locked.remove(key);
+            }
+        }
     }
 }
 
