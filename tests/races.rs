@@ -797,3 +797,106 @@ fn a_leave_outliving_a_sweep_of_its_session_spares_the_next_session() {
     );
     assert_eq!(stored(&mut admin), told);
 }
+
+/// Found by adversarial testing of 0.6.3: two leaves of one session at once (a button and
+/// the page's `pagehide`) left, when the first committed, a placeholder in the buffer that
+/// still held the closed row's last unwritten heartbeat. The viewer came back, and their
+/// next leave, while the second was still open, wrote that old time into the new row: a
+/// last heartbeat before its entry, refused with 23514.
+#[test]
+fn a_leave_after_two_overlapping_leaves_and_a_return_closes_the_new_session() {
+    let (cluster, mut admin) = buffered(
+        "races-double-leave",
+        "double_db",
+        &[
+            "webinar_sessions.flush_interval = '1h'",
+            "webinar_sessions.sweeper_enabled = off",
+        ],
+    );
+    let (webinar, viewer) = (uuid(42), uuid(6));
+    assert_eq!(
+        session_call(&mut admin, "enter", &webinar, &viewer).0,
+        "entered"
+    );
+    assert_eq!(
+        session_call(&mut admin, "heartbeat", &webinar, &viewer).0,
+        "alive"
+    );
+    std::thread::sleep(Duration::from_millis(20));
+    let before: i64 = buffer_stat(&mut admin, "buffered_heartbeats");
+    assert_eq!(
+        session_call(&mut admin, "heartbeat", &webinar, &viewer).0,
+        "alive"
+    );
+    assert_eq!(
+        buffer_stat(&mut admin, "buffered_heartbeats"),
+        before + 1,
+        "the heartbeat was answered from the buffer (and is not written yet)"
+    );
+
+    let mut first = cluster.connect("double_db");
+    first.batch_execute("BEGIN").unwrap();
+    assert_eq!(
+        session_call(&mut first, "leave", &webinar, &viewer).0,
+        "left"
+    );
+    // The second leave waits for the first one's row lock, then stays open.
+    let (answered, commit) = (
+        std::sync::mpsc::channel::<String>(),
+        std::sync::mpsc::channel::<()>(),
+    );
+    let second = {
+        let url = cluster.url("double_db", superuser());
+        let (webinar, viewer, answered) = (webinar.clone(), viewer.clone(), answered.0);
+        let commit = commit.1;
+        std::thread::spawn(move || {
+            let mut client = Client::connect(&url, postgres::NoTls).unwrap();
+            client.batch_execute("BEGIN").unwrap();
+            let (status, ..) = session_call(&mut client, "leave", &webinar, &viewer);
+            answered.send(status).unwrap();
+            commit.recv().unwrap();
+            client.batch_execute("COMMIT").unwrap();
+        })
+    };
+    let waiting = eventually(Duration::from_secs(60), || {
+        admin
+            .query_one(
+                "SELECT count(*) > 0 FROM pg_stat_activity
+                  WHERE datname = 'double_db' AND wait_event_type = 'Lock'",
+                &[],
+            )
+            .unwrap()
+            .get(0)
+    });
+    assert!(waiting, "the second leave never waited for the first");
+    first.batch_execute("COMMIT").unwrap();
+    let status = answered.1.recv_timeout(Duration::from_secs(60)).unwrap();
+    assert_eq!(status, "not_found");
+
+    // The viewer comes back and leaves again while the second leave is still open.
+    let (status, id, _) = session_call(&mut admin, "enter", &webinar, &viewer);
+    assert_eq!(status, "entered");
+    let (status, left_id, _) = session_call(&mut admin, "leave", &webinar, &viewer);
+    assert_eq!((status.as_str(), &left_id), ("left", &id));
+    commit.0.send(()).unwrap();
+    second.join().unwrap();
+
+    // The first session ended at its last heartbeat (the first leave wrote it), the second
+    // holds nothing of the first's.
+    let rows: Vec<(Option<String>, bool, bool)> = admin
+        .query(
+            "SELECT id::text, exit_reason = 'left', last_heartbeat_at IS NULL
+               FROM webinar_sessions.webinar_user_sessions ORDER BY entered_at",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    assert!(
+        rows.iter().all(|r| r.1),
+        "both sessions were left: {rows:?}"
+    );
+    assert_eq!((&rows[1].0, rows[1].2), (&id, true), "{rows:?}");
+}

@@ -175,6 +175,13 @@ fn buffer_track(
 /// Called by `leave` before it closes the row: marks the session closing (no heartbeat is
 /// buffered for it from now on) and returns its newest buffered heartbeat not yet written,
 /// which the leave writes itself.
+///
+/// Only the heartbeats of the row the entry names are handed over. A placeholder (the key's
+/// row closed by another leave or a sweep still under way's commit) names no row: the times
+/// it still holds belong to that closed row, and written into the key's next session they
+/// would put its last heartbeat before its entry. This transaction's own buffered
+/// heartbeats of such a row stay pending: they can no longer be recorded, so its commit
+/// fails with 40001 (`record_beats`), as it must.
 #[pg_extern(volatile, parallel_unsafe, name = "_buffer_closing")]
 fn buffer_closing(
     webinar_id: Uuid,
@@ -184,8 +191,6 @@ fn buffer_closing(
     mark_used();
     let shared = available()?;
     let key = Key::new(&webinar_id, &user_id, session_id)?;
-    // This transaction's own buffered heartbeats of the session: the leave writes them.
-    let own = take_own_beats(|beat| beat.key == key).remove(&key);
     let mut locked = lock_exclusive(shared);
     let entry = match locked.slot(&key, false) {
         Some(Slot::Occupied(entry)) => entry,
@@ -194,18 +199,23 @@ fn buffer_closing(
             // No memory even for a mark: hold back every new entry until this leave ends.
             shared.unmarked_closings.fetch_add(1, Ordering::AcqRel);
             PENDING.with(|p| p.borrow_mut().unmarked_closings += 1);
-            return own.map(timestamp);
+            return None;
         }
     };
     // Every leave under way counts: the entry stays unserved until the last one ends.
     entry.closers += 1;
+    PENDING.with(|p| p.borrow_mut().closing.push((subtransaction(), key)));
+    if entry.row_id == [0; 16] {
+        return None;
+    }
+    // This transaction's own buffered heartbeats of the row: the leave writes them.
+    let row = entry.row_id;
+    let own = take_own_beats(|beat| beat.key == key && beat.row_id == row).remove(&key);
     let alive_at = entry
         .alive_at
         .load(Ordering::Acquire)
         .max(own.unwrap_or(NO_TIME));
-    let unwritten = (alive_at > entry.flushed_at).then(|| timestamp(alive_at));
-    PENDING.with(|p| p.borrow_mut().closing.push((subtransaction(), key)));
-    unwritten
+    (alive_at > entry.flushed_at).then(|| timestamp(alive_at))
 }
 
 /// Hands the heartbeats buffered in this database and not yet written to the caller's
