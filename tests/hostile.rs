@@ -1291,6 +1291,53 @@ fn the_table_refuses_infinite_times() {
     assert_eq!(webinars_counted, 2);
 }
 
+/// The last timestamps PostgreSQL has (294276 AD) are finite, so the table takes them; the
+/// statistics must still answer over them. The SQL-only edition's microsecond count
+/// overflowed bigint there (22003) and took every webinar's figures down with it.
+#[test]
+fn the_last_timestamps_do_not_break_the_statistics() {
+    if citus() {
+        // (A direct write to one webinar's rows through the coordinator fails on Citus; see
+        // the_table_refuses_infinite_times.)
+        return;
+    }
+    let cluster = shared_cluster("hostile");
+    let mut admin = cluster.supabase_database("hostile_last_times");
+    let (webinar, viewer) = (uuid(102), uuid(2));
+    admin
+        .execute(
+            "INSERT INTO webinar_sessions.webinar_user_sessions
+                    (webinar_id, user_id, session_id, entered_at, last_heartbeat_at, exited_at, exit_reason)
+             VALUES ($1::text::uuid, $2::text::uuid, 'tab', '294276-12-31 22:00:00+00',
+                     '294276-12-31 23:00:00+00', '294276-12-31 23:00:00+00', 'left')",
+            &[&webinar, &viewer],
+        )
+        .unwrap();
+    let stats = admin
+        .query_one(
+            "SELECT viewers, total_watched_seconds, peak_concurrent_viewers
+               FROM webinar_sessions.webinar_stats WHERE webinar_id = $1::text::uuid",
+            &[&webinar],
+        )
+        .unwrap_or_else(|e| panic!("webinar_stats: {e}"));
+    let figures: (i64, f64, i64) = (stats.get(0), stats.get(1), stats.get(2));
+    assert_eq!(figures, (1, 3600.0, 1));
+    let window = "'294276-12-31 22:00:00+00'::timestamptz, '294276-12-31 23:00:00+00'::timestamptz";
+    for query in [
+        format!("SELECT count(*) FROM webinar_sessions.retention($1::text::uuid, {window}, '20 minutes')"),
+        format!("SELECT count(*) FROM webinar_sessions.attendance($1::text::uuid, {window})"),
+        "SELECT count(*) FROM webinar_sessions.concurrency($1::text::uuid)".to_string(),
+        "SELECT count(*) FROM webinar_sessions.webinar_stats WHERE webinar_id <> $1::text::uuid OR true"
+            .to_string(),
+    ] {
+        let rows: i64 = admin
+            .query_one(&query, &[&webinar])
+            .unwrap_or_else(|e| panic!("{query}: {e}"))
+            .get(0);
+        assert!(rows > 0, "{query}: no rows");
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // 2. A model-based property test.
 // ---------------------------------------------------------------------------------------

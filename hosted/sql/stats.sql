@@ -8,12 +8,13 @@
 -- Loaded before sql/stats.sql; plpgsql, so the views they read may come later.
 
 -- Microseconds since 2000-01-01 UTC, PostgreSQL's own timestamp count (exact: extract gives
--- numeric).
+-- numeric). The epoch moves before the cast: counted from 1970, the last timestamps
+-- (294276 AD) are beyond bigint.
 CREATE FUNCTION webinar_sessions._micros(p_at timestamptz)
 RETURNS bigint
 LANGUAGE sql IMMUTABLE PARALLEL SAFE
 AS $$
-    SELECT (extract(epoch FROM p_at) * 1000000)::bigint - 946684800000000;
+    SELECT ((extract(epoch FROM p_at) - 946684800) * 1000000)::bigint;
 $$;
 
 -- {viewers, sessions, watched seconds, peak, peak_at, first, last}, the three times in
