@@ -900,3 +900,106 @@ fn a_leave_after_two_overlapping_leaves_and_a_return_closes_the_new_session() {
     );
     assert_eq!((&rows[1].0, rows[1].2), (&id, true), "{rows:?}");
 }
+
+/// Found by adversarial testing of 0.6.3's fixes: a transaction's own buffered heartbeat,
+/// taken by its own leave, flush or sweep, counted as written even when that call wrote
+/// nothing because another transaction had closed the row first; the commit then went
+/// through, answered `alive` for a session closed before that time. And under REPEATABLE
+/// READ a leave or flush, blind to a row newer than its snapshot, took that row's heartbeats
+/// out of the buffer unwritten.
+#[test]
+fn own_heartbeats_of_a_row_closed_meanwhile_fail_the_commit_and_old_snapshots_lose_nothing() {
+    let (cluster, mut admin) = buffered(
+        "races-own-beats",
+        "own_db",
+        &[
+            "webinar_sessions.flush_interval = '1h'",
+            "webinar_sessions.sweeper_enabled = off",
+        ],
+    );
+    let webinar = uuid(43);
+    let mut other = cluster.connect("own_db");
+    for (n, then) in ["leave", "flush_heartbeats", "sweep_stale_sessions"]
+        .iter()
+        .enumerate()
+    {
+        let viewer = uuid(70 + n as u64);
+        assert_eq!(
+            session_call(&mut admin, "enter", &webinar, &viewer).0,
+            "entered"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+        let mut client = cluster.connect("own_db");
+        client.batch_execute("BEGIN").unwrap();
+        let before: i64 = buffer_stat(&mut admin, "buffered_heartbeats");
+        assert_eq!(
+            session_call(&mut client, "heartbeat", &webinar, &viewer).0,
+            "alive"
+        );
+        assert_eq!(buffer_stat(&mut admin, "buffered_heartbeats"), before + 1);
+        // Another transaction closes the row, and commits, before this one goes on.
+        assert_eq!(
+            session_call(&mut other, "leave", &webinar, &viewer).0,
+            "left"
+        );
+        let call = match *then {
+            "leave" => {
+                format!("SELECT status FROM webinar_sessions.leave('{webinar}', 'tab', '{viewer}')")
+            }
+            "flush_heartbeats" => "SELECT webinar_sessions.flush_heartbeats()::text".into(),
+            _ => "SELECT webinar_sessions.sweep_stale_sessions('1 hour')::text".into(),
+        };
+        client.query_one(&call, &[]).unwrap();
+        let failed = client.batch_execute("COMMIT").expect_err(&format!(
+            "{then}: committed an alive for a row closed before it"
+        ));
+        assert_eq!(
+            failed.as_db_error().map(|e| e.code().code()),
+            Some("40001"),
+            "{then}: {failed}"
+        );
+    }
+
+    // REPEATABLE READ: a snapshot older than the session. A leave under it is refused.
+    let viewer = uuid(80);
+    let stored = |admin: &mut Client, id: &Option<String>| {
+        settle(admin);
+        stored_heartbeat(admin, &serde_json::Value::from(id.clone().unwrap()))
+    };
+    let mut old = cluster.connect("own_db");
+    let snapshot = "BEGIN ISOLATION LEVEL REPEATABLE READ;
+                    SELECT count(*) FROM webinar_sessions.webinar_user_sessions";
+    old.batch_execute(snapshot).unwrap();
+    let (_, id, _) = session_call(&mut admin, "enter", &webinar, &viewer);
+    std::thread::sleep(Duration::from_millis(5));
+    let (status, _, told) = session_call(&mut admin, "heartbeat", &webinar, &viewer);
+    assert_eq!(status, "alive");
+    let leave =
+        format!("SELECT status FROM webinar_sessions.leave('{webinar}', 'tab', '{viewer}')");
+    let refused = old
+        .query_one(&leave, &[])
+        .expect_err("a leave under REPEATABLE READ of a buffered session");
+    assert_eq!(
+        refused.as_db_error().map(|e| e.code().code()),
+        Some("0A000"),
+        "{refused}"
+    );
+    old.batch_execute("ROLLBACK").unwrap();
+    assert_eq!(stored(&mut admin, &id), told, "the told heartbeat was lost");
+
+    // A flush under such a snapshot writes nothing of a session opened after it, and leaves
+    // its heartbeat in the buffer for the next flush.
+    let viewer = uuid(81);
+    old.batch_execute(snapshot).unwrap();
+    let (_, id, _) = session_call(&mut admin, "enter", &webinar, &viewer);
+    std::thread::sleep(Duration::from_millis(5));
+    let (status, _, told) = session_call(&mut admin, "heartbeat", &webinar, &viewer);
+    assert_eq!(status, "alive");
+    let flushed: i64 = old
+        .query_one("SELECT webinar_sessions.flush_heartbeats()", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(flushed, 0, "the row is newer than the snapshot");
+    old.batch_execute("COMMIT").unwrap();
+    assert_eq!(stored(&mut admin, &id), told, "the told heartbeat was lost");
+}

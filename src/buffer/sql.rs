@@ -3,14 +3,17 @@
 
 use super::shmem::{available, buffering, lock_exclusive, lock_shared, memory_bytes, shared, Slot};
 use super::transaction::{
-    begin_sweeping, mark_used, subtransaction, sweeps_here, take_own_beats, Beat, Opened, PENDING,
+    begin_sweeping, mark_used, return_unwritten_beats, subtransaction, sweeps_here, take_own_beats,
+    Beat, Opened, PENDING,
 };
 use super::{micros, now, session_table, timestamp, Key, NO_TIME};
-use crate::error::raise;
+use crate::error::{raise, Error};
 use crate::guc;
 use crate::input::checked_user;
 use pgrx::prelude::*;
-use pgrx::PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE;
+use pgrx::PgSqlErrorCode::{
+    ERRCODE_FEATURE_NOT_SUPPORTED, ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+};
 use pgrx::PgTupleDesc;
 use pgrx::Uuid;
 use std::collections::HashSet;
@@ -81,6 +84,7 @@ fn probe(
         row_id,
         at,
         written_in: None,
+        closed_in: None,
     };
     PENDING.with(|p| p.borrow_mut().beats.push((subtransaction(), beat)));
     shared.buffered.fetch_add(1, Ordering::Relaxed);
@@ -192,6 +196,20 @@ fn buffer_closing(
     let shared = available()?;
     let key = Key::new(&webinar_id, &user_id, session_id)?;
     let mut locked = lock_exclusive(shared);
+    // Under REPEATABLE READ or SERIALIZABLE the leave's UPDATE reads the transaction's
+    // snapshot, which may predate the buffered row: it would close nothing and still take
+    // the row's heartbeats out of the buffer.
+    if unsafe { pg_sys::XactIsoLevel } >= pg_sys::XACT_REPEATABLE_READ as i32
+        && locked.find(&key).is_some_and(|e| e.row_id != [0; 16])
+    {
+        drop(locked);
+        Error::new(
+            ERRCODE_FEATURE_NOT_SUPPORTED,
+            "webinar_sessions: leave cannot run under REPEATABLE READ or SERIALIZABLE while the session's heartbeats are buffered",
+        )
+        .hint("Call it in a READ COMMITTED transaction, as PostgREST does.")
+        .raise();
+    }
     let entry = match locked.slot(&key, false) {
         Some(Slot::Occupied(entry)) => entry,
         Some(Slot::Vacant(slot)) => slot.fill(key, [0; 16], NO_TIME, NO_TIME, 0),
@@ -210,7 +228,11 @@ fn buffer_closing(
     }
     // This transaction's own buffered heartbeats of the row: the leave writes them.
     let row = entry.row_id;
-    let own = take_own_beats(|beat| beat.key == key && beat.row_id == row).remove(&key);
+    let own = take_own_beats(
+        |beat| beat.key == key && beat.row_id == row,
+        |beat| &mut beat.closed_in,
+    )
+    .remove(&key);
     let alive_at = entry
         .alive_at
         .load(Ordering::Acquire)
@@ -233,8 +255,6 @@ fn buffer_collect(
     let database = unsafe { pg_sys::MyDatabaseId }.to_u32();
     let sub = subtransaction();
     let table = session_table().map_or(0, |t| t.to_u32());
-    // This transaction's own buffered heartbeats: this flush writes them, in the transaction.
-    let own = take_own_beats(|_| true);
     let collected: Vec<(Key, [u8; 16], i64)> = {
         let mut locked = lock_exclusive(shared);
         if for_sweep {
@@ -242,6 +262,18 @@ fn buffer_collect(
         }
         // Entries left behind by a dropped extension's table.
         locked.remove_where(|e| e.key.database == database && e.key.table != table);
+        let rows: std::collections::HashMap<Key, [u8; 16]> = locked
+            .entries()
+            .filter(|e| e.key.database == database && e.row_id != [0; 16])
+            .map(|e| (e.key, e.row_id))
+            .collect();
+        // This transaction's own buffered heartbeats of those rows: this flush writes them,
+        // in the transaction. (Those of a row that has left the buffer since stay owed: the
+        // commit fails on them.)
+        let own = take_own_beats(
+            |beat| rows.get(&beat.key) == Some(&beat.row_id),
+            |beat| &mut beat.written_in,
+        );
         locked
             .entries()
             .filter(|e| e.key.database == database && e.row_id != [0; 16])
@@ -256,9 +288,13 @@ fn buffer_collect(
         .iter()
         .map(|(_, row_id, at)| (Uuid::from_bytes(*row_id), timestamp(*at)))
         .collect();
+    // Under REPEATABLE READ or SERIALIZABLE the flush reads one snapshot, older than the
+    // rows opened since: what it does not write is not taken for closed (see apply_commit).
+    let old_snapshot = unsafe { pg_sys::XactIsoLevel } >= pg_sys::XACT_REPEATABLE_READ as i32;
     PENDING.with(|p| {
         let mut pending = p.borrow_mut();
         pending.sweeping |= for_sweep;
+        pending.old_snapshot |= old_snapshot;
         pending
             .flush_started
             .get_or_insert_with(std::time::Instant::now);
@@ -279,6 +315,7 @@ fn id_set(ids: Option<Array<Uuid>>) -> HashSet<[u8; 16]> {
 fn buffer_written(ids: Option<Array<Uuid>>) {
     mark_used();
     let ids = id_set(ids);
+    return_unwritten_beats(&ids);
     PENDING.with(|p| p.borrow_mut().written.push((subtransaction(), ids)));
 }
 

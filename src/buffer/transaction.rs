@@ -26,9 +26,14 @@ pub(crate) struct Beat {
     pub(crate) key: Key,
     pub(crate) row_id: [u8; 16],
     pub(crate) at: i64,
-    /// Written by a leave or flush of this transaction, in that subtransaction: skipped at
-    /// commit, and owed again if that subtransaction aborts.
+    /// Written by a flush of this transaction, in that subtransaction: skipped at commit,
+    /// and owed again if that subtransaction aborts or the flush did not write its row.
     pub(crate) written_in: Option<pg_sys::SubTransactionId>,
+    /// Handed to a leave of this transaction, in that subtransaction, which writes it as it
+    /// closes the row: at commit it counts only if the entry still names its row (else
+    /// another transaction closed the row first, and the leave closed nothing, or another
+    /// row); owed again if that subtransaction aborts.
+    pub(crate) closed_in: Option<pg_sys::SubTransactionId>,
 }
 
 #[derive(Default)]
@@ -56,6 +61,10 @@ pub(crate) struct Pending {
     pub(crate) unmarked_closings: i32,
     /// Set by a flush (which also holds a lock on sweep_runs until the transaction ends).
     pub(crate) flush_started: Option<std::time::Instant>,
+    /// A flush of this transaction read a transaction snapshot (REPEATABLE READ or
+    /// SERIALIZABLE): the sessions it did not write may be rows it cannot see, so their
+    /// entries are not evicted at its commit.
+    pub(crate) old_snapshot: bool,
 }
 
 impl Pending {
@@ -72,6 +81,7 @@ impl Pending {
             && !self.used
             && self.unmarked_closings == 0
             && self.flush_started.is_none()
+            && !self.old_snapshot
     }
 }
 
@@ -190,18 +200,23 @@ fn record_beats() {
         let entries: Vec<Option<&Entry>> = beats
             .iter()
             .map(|(_, beat)| {
-                locked
-                    .find(&beat.key)
-                    .filter(|e| !sweeping && e.row_id == beat.row_id && e.closers == 0)
+                locked.find(&beat.key).filter(|e| {
+                    // One our own leave wrote: the entry, kept by our count of closers, still
+                    // names the row only if nobody closed it before us.
+                    e.row_id == beat.row_id
+                        && (beat.closed_in.is_some() || (!sweeping && e.closers == 0))
+                })
             })
             .collect();
         let stale = entries.iter().any(Option::is_none);
         if !stale {
             for (entry, (_, beat)) in entries.into_iter().zip(&beats) {
-                entry
-                    .expect("checked")
-                    .alive_at
-                    .fetch_max(beat.at, Ordering::AcqRel);
+                if beat.closed_in.is_none() {
+                    entry
+                        .expect("checked")
+                        .alive_at
+                        .fetch_max(beat.at, Ordering::AcqRel);
+                }
             }
         }
         stale
@@ -241,6 +256,9 @@ unsafe extern "C-unwind" fn at_subtransaction_end(
                     if let Some(written) = beat.written_in.as_mut() {
                         adopt(written);
                     }
+                    if let Some(closed) = beat.closed_in.as_mut() {
+                        adopt(closed);
+                    }
                 });
                 pending.forget_all.iter_mut().for_each(adopt);
                 pending.collected.iter_mut().for_each(|(s, ..)| adopt(s));
@@ -258,6 +276,9 @@ unsafe extern "C-unwind" fn at_subtransaction_end(
                 for (_, beat) in pending.beats.iter_mut() {
                     if beat.written_in.is_some_and(|w| w >= subid) {
                         beat.written_in = None;
+                    }
+                    if beat.closed_in.is_some_and(|c| c >= subid) {
+                        beat.closed_in = None;
                     }
                 }
                 pending.forget_all.retain(|s| *s < subid);
@@ -313,7 +334,7 @@ fn apply_commit(locked: &mut ExclusiveGuard, pending: &Pending) {
             if written.contains(row_id) {
                 entry.flushed_at = entry.flushed_at.max(*alive_at);
                 rows += 1;
-            } else if entry.closers == 0 {
+            } else if entry.closers == 0 && !pending.old_snapshot {
                 locked.remove(key);
                 shared.evicted.fetch_add(1, Ordering::Relaxed);
             }
@@ -469,22 +490,40 @@ pub(crate) fn sweeps_here(shared: &Shared) -> i32 {
     here + shared.sweeps_elsewhere.load(Ordering::Acquire)
 }
 
-/// Takes this transaction's buffered heartbeats that `which` selects out of its pending
-/// list, as the newest time per session: the caller writes them in the transaction.
-pub(crate) fn take_own_beats(which: impl Fn(&Beat) -> bool) -> std::collections::HashMap<Key, i64> {
+/// This transaction's buffered heartbeats that `which` selects and nobody has taken yet,
+/// as the newest time per session, marked taken by `mark` (with the current
+/// subtransaction): the caller writes them in the transaction.
+pub(crate) fn take_own_beats(
+    which: impl Fn(&Beat) -> bool,
+    mark: fn(&mut Beat) -> &mut Option<pg_sys::SubTransactionId>,
+) -> std::collections::HashMap<Key, i64> {
     let sub = subtransaction();
     PENDING.with(|p| {
         let mut pending = p.borrow_mut();
         let mut newest = std::collections::HashMap::new();
         for (_, beat) in pending.beats.iter_mut() {
-            if beat.written_in.is_none() && which(beat) {
-                beat.written_in = Some(sub);
+            if beat.written_in.is_none() && beat.closed_in.is_none() && which(beat) {
+                *mark(beat) = Some(sub);
                 let at = newest.entry(beat.key).or_insert(beat.at);
                 *at = (*at).max(beat.at);
             }
         }
         newest
     })
+}
+
+/// After a flush's UPDATE: this transaction's own heartbeats that the flush took in this
+/// subtransaction but whose rows it did not write are owed again (so that the commit checks
+/// them, and fails if their rows are closed).
+pub(crate) fn return_unwritten_beats(written: &HashSet<[u8; 16]>) {
+    let sub = subtransaction();
+    PENDING.with(|p| {
+        for (_, beat) in p.borrow_mut().beats.iter_mut() {
+            if beat.written_in == Some(sub) && !written.contains(&beat.row_id) {
+                beat.written_in = None;
+            }
+        }
+    });
 }
 
 /// The transaction called the API: it cannot be prepared (in either mode: a prepared
