@@ -689,6 +689,65 @@ fn session_call(
     (row.get(0), row.get(1), row.get(2))
 }
 
+/// A leave of (`webinar`, `viewer`, 'tab') in a transaction of its own, from a thread, that
+/// the caller has made wait for a row lock: `blocked_leave` returns once it waits, `status`
+/// gives its answer, and it commits when `commit` says so.
+struct BlockedLeave {
+    answered: std::sync::mpsc::Receiver<String>,
+    commit: std::sync::mpsc::Sender<()>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+fn blocked_leave(
+    cluster: &Cluster,
+    admin: &mut Client,
+    database: &str,
+    webinar: &str,
+    viewer: &str,
+) -> BlockedLeave {
+    let (answer, answered) = std::sync::mpsc::channel::<String>();
+    let (commit, committing) = std::sync::mpsc::channel::<()>();
+    let url = cluster.url(database, superuser());
+    let (webinar, viewer) = (webinar.to_string(), viewer.to_string());
+    let thread = std::thread::spawn(move || {
+        let mut client = Client::connect(&url, postgres::NoTls).unwrap();
+        client.batch_execute("BEGIN").unwrap();
+        let (status, ..) = session_call(&mut client, "leave", &webinar, &viewer);
+        answer.send(status).unwrap();
+        committing.recv().unwrap();
+        client.batch_execute("COMMIT").unwrap();
+    });
+    let waiting = eventually(Duration::from_secs(60), || {
+        admin
+            .query_one(
+                "SELECT count(*) > 0 FROM pg_stat_activity
+                  WHERE datname = $1 AND wait_event_type = 'Lock'",
+                &[&database],
+            )
+            .unwrap()
+            .get(0)
+    });
+    assert!(waiting, "the leave never waited for the row lock");
+    BlockedLeave {
+        answered,
+        commit,
+        thread,
+    }
+}
+
+impl BlockedLeave {
+    fn status(&self) -> String {
+        self.answered
+            .recv_timeout(Duration::from_secs(60))
+            .expect("the leave answered")
+    }
+
+    fn commit(self) {
+        self.commit.send(()).unwrap();
+        self.thread.join().unwrap();
+    }
+}
+
 /// Found by the invariant checker (tests/invariants.rs) in CI: a sweep that closed a session
 /// while a leave of it was under way removed the session's buffer entry, and the leave's
 /// count with it. The key's next session entered the buffer while the leave was still open,
@@ -728,36 +787,9 @@ fn a_leave_outliving_a_sweep_of_its_session_spares_the_next_session() {
     assert_eq!(swept, 1);
     // A leave of the same session, counted into its entry, waits for the sweep's row lock;
     // once answered it stays open until told to commit.
-    let (answered, commit) = (
-        std::sync::mpsc::channel::<String>(),
-        std::sync::mpsc::channel::<()>(),
-    );
-    let leave = {
-        let url = cluster.url("leave_db", superuser());
-        let (webinar, viewer, answered) = (webinar.clone(), viewer.clone(), answered.0);
-        let commit = commit.1;
-        std::thread::spawn(move || {
-            let mut client = Client::connect(&url, postgres::NoTls).unwrap();
-            client.batch_execute("BEGIN").unwrap();
-            let (status, ..) = session_call(&mut client, "leave", &webinar, &viewer);
-            answered.send(status).unwrap();
-            commit.recv().unwrap();
-            client.batch_execute("COMMIT").unwrap();
-        })
-    };
-    let waiting = eventually(Duration::from_secs(60), || {
-        admin
-            .query_one(
-                "SELECT count(*) > 0 FROM pg_stat_activity
-                  WHERE datname = 'leave_db' AND wait_event_type = 'Lock'",
-                &[],
-            )
-            .unwrap()
-            .get(0)
-    });
-    assert!(waiting, "the leave never waited for the sweep");
+    let leave = blocked_leave(&cluster, &mut admin, "leave_db", &webinar, &viewer);
     sweeper.batch_execute("COMMIT").unwrap();
-    let left = answered.1.recv_timeout(Duration::from_secs(60)).unwrap();
+    let left = leave.status();
     assert_eq!(left, "not_found", "the sweep closed the session first");
 
     // The viewer comes back while that leave is still open: a new session, and a heartbeat.
@@ -766,8 +798,7 @@ fn a_leave_outliving_a_sweep_of_its_session_spares_the_next_session() {
     std::thread::sleep(Duration::from_millis(5));
     let (status, alive_id, told) = session_call(&mut admin, "heartbeat", &webinar, &viewer);
     assert_eq!((status.as_str(), &alive_id), ("alive", &id));
-    commit.0.send(()).unwrap();
-    leave.join().unwrap();
+    leave.commit();
 
     // The heartbeat the viewer was told is in the row once the buffer is flushed.
     let stored = |admin: &mut Client| -> Option<String> {
@@ -841,36 +872,9 @@ fn a_leave_after_two_overlapping_leaves_and_a_return_closes_the_new_session() {
         "left"
     );
     // The second leave waits for the first one's row lock, then stays open.
-    let (answered, commit) = (
-        std::sync::mpsc::channel::<String>(),
-        std::sync::mpsc::channel::<()>(),
-    );
-    let second = {
-        let url = cluster.url("double_db", superuser());
-        let (webinar, viewer, answered) = (webinar.clone(), viewer.clone(), answered.0);
-        let commit = commit.1;
-        std::thread::spawn(move || {
-            let mut client = Client::connect(&url, postgres::NoTls).unwrap();
-            client.batch_execute("BEGIN").unwrap();
-            let (status, ..) = session_call(&mut client, "leave", &webinar, &viewer);
-            answered.send(status).unwrap();
-            commit.recv().unwrap();
-            client.batch_execute("COMMIT").unwrap();
-        })
-    };
-    let waiting = eventually(Duration::from_secs(60), || {
-        admin
-            .query_one(
-                "SELECT count(*) > 0 FROM pg_stat_activity
-                  WHERE datname = 'double_db' AND wait_event_type = 'Lock'",
-                &[],
-            )
-            .unwrap()
-            .get(0)
-    });
-    assert!(waiting, "the second leave never waited for the first");
+    let second = blocked_leave(&cluster, &mut admin, "double_db", &webinar, &viewer);
     first.batch_execute("COMMIT").unwrap();
-    let status = answered.1.recv_timeout(Duration::from_secs(60)).unwrap();
+    let status = second.status();
     assert_eq!(status, "not_found");
 
     // The viewer comes back and leaves again while the second leave is still open.
@@ -878,8 +882,7 @@ fn a_leave_after_two_overlapping_leaves_and_a_return_closes_the_new_session() {
     assert_eq!(status, "entered");
     let (status, left_id, _) = session_call(&mut admin, "leave", &webinar, &viewer);
     assert_eq!((status.as_str(), &left_id), ("left", &id));
-    commit.0.send(()).unwrap();
-    second.join().unwrap();
+    second.commit();
 
     // The first session ended at its last heartbeat (the first leave wrote it), the second
     // holds nothing of the first's.
