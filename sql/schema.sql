@@ -53,9 +53,12 @@ CREATE INDEX idx_wus_active
     ON webinar_sessions.webinar_user_sessions (webinar_id)
     WHERE exited_at IS NULL;
 
--- Closed sessions by webinar and viewer: watch-time statistics.
+-- Closed sessions by webinar and viewer, in entry order, with both times: watch-time
+-- statistics. The SQL-only edition reads a webinar's sessions from it in the order its
+-- window functions need (hosted/sql/stats.sql, _audience_in_viewer_order).
 CREATE INDEX idx_wus_webinar_user_watched
-    ON webinar_sessions.webinar_user_sessions (webinar_id, user_id, exited_at)
+    ON webinar_sessions.webinar_user_sessions (webinar_id, user_id, entered_at)
+    INCLUDE (exited_at)
     WHERE exited_at IS NOT NULL;
 
 -- Signed-in users see their own rows and nothing else. Nobody but the owner and roles with

@@ -402,7 +402,8 @@ fn rows_deleted_through_the_coordinator_leave_the_buffer_at_the_next_flush() {
 }
 
 /// `ALTER EXTENSION webinar_sessions UPDATE` on a distributed database: 0.6.1 -> 0.6.2
-/// (and on to 0.6.3, which adds a CHECK constraint the shards must get) replaces webinar_stats on a single node and must leave distribute()'s form of it alone
+/// (and on: 0.6.3 adds a CHECK constraint and 0.6.4 rebuilds an index, both of which the shards
+/// must get) replaces webinar_stats on a single node and must leave distribute()'s form of it alone
 /// (the single-node form's _summary_for would run a distributed query inside a shard's,
 /// which Citus refuses). The figures must still come, and be right, without calling
 /// distribute() again.
@@ -476,4 +477,47 @@ fn an_update_keeps_the_distributed_webinar_stats() {
         Some("23514"),
         "{refused}"
     );
+    // 0.6.4's index reached every shard, in its new form, and the old one is gone from them.
+    for node in cluster.workers() {
+        let mut worker = node.connect("update");
+        worker
+            .batch_execute("SET citus.override_table_visibility = off")
+            .unwrap();
+        let definitions: Vec<String> = worker
+            .query(
+                "SELECT indexdef FROM pg_indexes
+                  WHERE schemaname = 'webinar_sessions' AND tablename ~ '^webinar_user_sessions_[0-9]+$'
+                    AND indexname LIKE 'idx_wus_webinar_user_watched%'",
+                &[],
+            )
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        let shards: i64 = worker
+            .query_one(
+                "SELECT count(*) FROM pg_tables
+                  WHERE schemaname = 'webinar_sessions' AND tablename ~ '^webinar_user_sessions_[0-9]+$'",
+                &[],
+            )
+            .unwrap()
+            .get(0);
+        assert!(
+            shards > 0,
+            "no shards on the worker node on port {}",
+            node.port
+        );
+        assert_eq!(
+            definitions.len() as i64,
+            shards,
+            "one index per shard on port {}: {definitions:?}",
+            node.port
+        );
+        for definition in &definitions {
+            assert!(
+                definition.contains("(webinar_id, user_id, entered_at) INCLUDE (exited_at)"),
+                "a shard kept the old index: {definition}"
+            );
+        }
+    }
 }

@@ -12,7 +12,7 @@ use postgres::Client;
 /// 0.1.0 -> 0.2.0 script, and 0.3.0 as that plus the 0.2.0 -> 0.3.0 one, which this test
 /// proved equal to a fresh install of each while it was current.
 const EARLIER_RELEASES: &[&str] = &[
-    "0.1.0", "0.2.0", "0.3.0", "0.4.0", "0.5.0", "0.5.1", "0.6.0", "0.6.1", "0.6.2",
+    "0.1.0", "0.2.0", "0.3.0", "0.4.0", "0.5.0", "0.5.1", "0.6.0", "0.6.1", "0.6.2", "0.6.3",
 ];
 
 /// Everything that makes up the installed extension, as text: each member object with its
