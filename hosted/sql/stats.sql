@@ -2,9 +2,9 @@
 -- asks each edition for a webinar's summary (_summary_for) and its presence (_presence_for,
 -- read by _presence_bounds, _presence_grid and _presence_overlap). Here they are window
 -- functions: a viewer's sessions in start order, each clipped to the part no earlier session
--- of that viewer covered, are disjoint pieces whose union is the viewer's presence: one sort
--- (by viewer and start) for the pieces, and for the peak one sort each of their starts and
--- their ends.
+-- of that viewer covered, are disjoint pieces whose union is the viewer's presence. The
+-- sessions come in that order from an index (_audience_in_viewer_order); for the peak, the
+-- pieces' starts and their ends are sorted once each.
 -- Loaded before sql/stats.sql; plpgsql, so the views they read may come later.
 
 -- Microseconds since 2000-01-01 UTC, PostgreSQL's own timestamp count (exact: extract gives
@@ -17,11 +17,41 @@ AS $$
     SELECT ((extract(epoch FROM p_at) - 946684800) * 1000000)::bigint;
 $$;
 
+-- A webinar's audience_spans in viewer and start order, without a sort of the whole: each of
+-- session_spans' two halves is read in that order (the closed sessions from
+-- idx_wus_webinar_user_watched, index-only where the table's pages are all-visible; the open
+-- ones, which that index does not hold, sorted), the two are merged, and a merge on the viewer
+-- leaves out the hosts' sessions and keeps the order. The window functions below then need no
+-- sort of their own; for a webinar of a million sessions the sort was a third of its
+-- webinar_stats. audience_spans itself cannot be read so: the halves of a UNION ALL that have a
+-- WHERE clause stay subqueries, and PostgreSQL merges them in an order only when each is
+-- ordered by its own ORDER BY (which the Rust build, whose aggregate sorts in memory, would pay
+-- for). The spans are session_spans' (sql/stats.sql); tests/stats.rs checks both editions'
+-- figures against a brute-force count. A sql function, which PostgreSQL inlines into the
+-- queries that read it.
+CREATE FUNCTION webinar_sessions._audience_in_viewer_order(p_webinar_id uuid)
+RETURNS TABLE (user_id uuid, started_at timestamptz, ended_at timestamptz)
+LANGUAGE sql STABLE
+AS $$
+    SELECT s.user_id, s.started_at, s.ended_at
+      FROM ((SELECT c.user_id, c.entered_at AS started_at, c.exited_at AS ended_at
+               FROM webinar_sessions.webinar_user_sessions AS c
+              WHERE c.webinar_id = p_webinar_id AND c.exited_at IS NOT NULL
+              ORDER BY c.user_id, c.entered_at)
+            UNION ALL
+            (SELECT o.user_id, o.entered_at, coalesce(o.last_heartbeat_at, o.entered_at)
+               FROM webinar_sessions.webinar_user_sessions AS o
+              WHERE o.webinar_id = p_webinar_id AND o.exited_at IS NULL
+              ORDER BY o.user_id, o.entered_at)) AS s
+     WHERE NOT EXISTS (SELECT FROM webinar_sessions.webinar_hosts AS h
+                        WHERE h.webinar_id = p_webinar_id AND h.user_id = s.user_id);
+$$;
+
 -- {viewers, sessions, watched seconds, peak, peak_at, first, last}, the three times in
 -- microseconds since 2000-01-01 UTC; NULL for a webinar without audience sessions.
 --
--- One sort by viewer and start makes the pieces; their starts and their ends are collected
--- as two sorted arrays (one sort of a single column each). Just after the i-th start,
+-- The sessions in viewer and start order make the pieces; their starts and their ends are
+-- collected as two sorted arrays (one sort of a single column each). Just after the i-th start,
 -- i - (ends up to it) viewers are present, and width_bucket counts those ends by binary
 -- search. The peak is the largest such count, but not every start needs it: the starts are
 -- cut into blocks of about sqrt(n), and in a block lo..hi no count exceeds
@@ -52,10 +82,9 @@ BEGIN
         SELECT o.started_at, o.ended_at, o.earlier_end IS NULL AS first_of_viewer,
                greatest(o.started_at, o.earlier_end) AS piece_start
           FROM (SELECT s.started_at, s.ended_at,
-                       max(s.ended_at) OVER (PARTITION BY s.user_id ORDER BY s.started_at, s.ended_at
+                       max(s.ended_at) OVER (PARTITION BY s.user_id ORDER BY s.started_at
                                              ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS earlier_end
-                  FROM webinar_sessions.audience_spans AS s
-                 WHERE s.webinar_id = p_webinar_id) AS o
+                  FROM webinar_sessions._audience_in_viewer_order(p_webinar_id) AS s) AS o
     )
     SELECT count(*) FILTER (WHERE p.first_of_viewer),
            count(*),
@@ -110,14 +139,13 @@ DECLARE
 BEGIN
     WITH ordered AS (
         SELECT s.user_id, s.started_at, s.ended_at,
-               max(s.ended_at) OVER (PARTITION BY s.user_id ORDER BY s.started_at, s.ended_at
+               max(s.ended_at) OVER (PARTITION BY s.user_id ORDER BY s.started_at
                                      ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS earlier_end
-          FROM webinar_sessions.audience_spans AS s
-         WHERE s.webinar_id = p_webinar_id
+          FROM webinar_sessions._audience_in_viewer_order(p_webinar_id) AS s
     ), numbered AS (
         SELECT o.user_id, o.started_at, o.ended_at,
                count(*) FILTER (WHERE o.earlier_end IS NULL OR o.started_at > o.earlier_end)
-                   OVER (PARTITION BY o.user_id ORDER BY o.started_at, o.ended_at ROWS UNBOUNDED PRECEDING) AS stretch
+                   OVER (PARTITION BY o.user_id ORDER BY o.started_at ROWS UNBOUNDED PRECEDING) AS stretch
           FROM ordered AS o
     ), stretches AS (
         SELECT n.user_id, min(n.started_at) AS started_at, max(n.ended_at) AS ended_at
