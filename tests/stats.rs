@@ -113,6 +113,35 @@ fn insert(client: &mut Client, webinar: &str, sessions: &[Session]) {
     }
 }
 
+/// The webinar's row of webinar_stats, its times in seconds after BASE: viewers, sessions,
+/// active sessions, active viewers, total and average watched seconds, peak, peak_at, first
+/// entry, last sign of life.
+fn webinar_stats_row(client: &mut Client, webinar: &str) -> postgres::Row {
+    client
+        .query_one(
+            &format!(
+                "SELECT viewers, sessions, active_sessions, active_viewers, total_watched_seconds,
+                        avg_watched_seconds, peak_concurrent_viewers,
+                        extract(epoch FROM peak_at - {BASE})::float8,
+                        extract(epoch FROM first_entered_at - {BASE})::float8,
+                        extract(epoch FROM last_seen_at - {BASE})::float8
+                   FROM webinar_sessions.webinar_stats WHERE webinar_id = $1::text::uuid"
+            ),
+            &[&webinar],
+        )
+        .unwrap()
+}
+
+/// Makes HOST a host of the webinar.
+fn make_host(client: &mut Client, webinar: &str) {
+    client
+        .execute(
+            "INSERT INTO webinar_sessions.webinar_hosts (webinar_id, user_id) VALUES ($1::text::uuid, $2::text::uuid)",
+            &[&webinar, &uuid(HOST)],
+        )
+        .unwrap();
+}
+
 /// Second by second: which seconds each viewer was present in.
 fn presence(sessions: &[Session]) -> BTreeMap<u64, BTreeSet<i64>> {
     let mut seconds: BTreeMap<u64, BTreeSet<i64>> = BTreeMap::new();
@@ -154,12 +183,7 @@ fn check_webinar(client: &mut Client, seed: u64, sessions: &[Session]) {
             .map(|s| Session { user: HOST, ..s })
             .collect();
         insert(client, &webinar, &hosting);
-        client
-            .execute(
-                "INSERT INTO webinar_sessions.webinar_hosts (webinar_id, user_id) VALUES ($1::text::uuid, $2::text::uuid)",
-                &[&webinar, &uuid(HOST)],
-            )
-            .unwrap();
+        make_host(client, &webinar);
     }
     let seconds = presence(&sessions);
     let first = sessions.iter().map(|s| s.entered).min().unwrap();
@@ -201,19 +225,7 @@ fn check_webinar(client: &mut Client, seed: u64, sessions: &[Session]) {
     }
 
     // webinar_stats: totals, active counts, peak concurrent distinct viewers.
-    let row = client
-        .query_one(
-            &format!(
-                "SELECT viewers, sessions, active_sessions, active_viewers, total_watched_seconds,
-                        avg_watched_seconds, peak_concurrent_viewers,
-                        extract(epoch FROM peak_at - {BASE})::float8,
-                        extract(epoch FROM first_entered_at - {BASE})::float8,
-                        extract(epoch FROM last_seen_at - {BASE})::float8
-                   FROM webinar_sessions.webinar_stats WHERE webinar_id = $1::text::uuid"
-            ),
-            &[&webinar],
-        )
-        .unwrap();
+    let row = webinar_stats_row(client, &webinar);
     let total: usize = seconds.values().map(BTreeSet::len).sum();
     let active: Vec<&Session> = sessions.iter().filter(|s| s.exited.is_none()).collect();
     let active_viewers: BTreeSet<u64> = active.iter().map(|s| s.user).collect();
@@ -498,12 +510,7 @@ fn webinar_stats_match_a_sweep_on_a_webinar_of_60000_sessions() {
         .collect();
     insert(&mut client, &webinar, &sessions);
     insert(&mut client, &webinar, &hosting);
-    client
-        .execute(
-            "INSERT INTO webinar_sessions.webinar_hosts (webinar_id, user_id) VALUES ($1::text::uuid, $2::text::uuid)",
-            &[&webinar, &uuid(HOST)],
-        )
-        .unwrap();
+    make_host(&mut client, &webinar);
     client
         .batch_execute("ANALYZE webinar_sessions.webinar_user_sessions")
         .unwrap();
@@ -551,29 +558,18 @@ fn webinar_stats_match_a_sweep_on_a_webinar_of_60000_sessions() {
     let first = sessions.iter().map(|s| s.entered).min().unwrap();
     let last = sessions.iter().map(Session::end).max().unwrap();
 
-    let row = client
-        .query_one(
-            &format!(
-                "SELECT viewers, sessions, total_watched_seconds, peak_concurrent_viewers,
-                        extract(epoch FROM peak_at - {BASE})::float8,
-                        extract(epoch FROM first_entered_at - {BASE})::float8,
-                        extract(epoch FROM last_seen_at - {BASE})::float8
-                   FROM webinar_sessions.webinar_stats WHERE webinar_id = $1::text::uuid"
-            ),
-            &[&webinar],
-        )
-        .unwrap();
+    let row = webinar_stats_row(&mut client, &webinar);
     assert_eq!(row.get::<_, i64>(0), by_user.len() as i64, "viewers");
     assert_eq!(row.get::<_, i64>(1), sessions.len() as i64, "sessions");
-    assert_eq!(row.get::<_, f64>(2), watched as f64, "watched seconds");
-    assert_eq!(row.get::<_, i64>(3), peak, "peak");
+    assert_eq!(row.get::<_, f64>(4), watched as f64, "watched seconds");
+    assert_eq!(row.get::<_, i64>(6), peak, "peak");
     assert_eq!(
-        row.get::<_, Option<f64>>(4),
+        row.get::<_, Option<f64>>(7),
         peak_at.map(|t| t as f64),
         "peak_at"
     );
-    assert_eq!(row.get::<_, f64>(5), first as f64, "first entry");
-    assert_eq!(row.get::<_, f64>(6), last as f64, "last sign of life");
+    assert_eq!(row.get::<_, f64>(8), first as f64, "first entry");
+    assert_eq!(row.get::<_, f64>(9), last as f64, "last sign of life");
 }
 
 #[test]
